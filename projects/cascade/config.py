@@ -1,0 +1,77 @@
+"""Config keys of the cascade, and the checks that turn a bad value into an error naming the key."""
+import logging
+from numbers import Real
+
+from detectron2.config import CfgNode as CN
+
+logger = logging.getLogger(__name__)
+
+_CASCADE = "MODEL.ROI_BOX_CASCADE_HEAD"
+
+
+def add_cascade_config(cfg):
+    """
+    Add the keys of this project to `cfg`. No existing default changes, so that a
+    config valid for detectron2's built-in cascade gives the same model here.
+    """
+    _C = cfg
+    # IOUS and BBOX_REG_WEIGHTS already exist in detectron2's node.
+    # Multiplies every loss of stage k (box classification and regression).
+    # detectron2's cascade sums the stages' losses: (1, 1, 1). mmdetection and the
+    # paper's code use (1, 0.5, 0.25).
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS = (1.0, 1.0, 1.0)
+    # detectron2 scales the gradient flowing into the pooled box features by
+    # 1/num_stages, so the backbone sees one stage's worth of gradient while every
+    # head gets its full loss. False lets the full sum through (mmdetection).
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.SCALE_FEATURE_GRADIENT = True
+
+    # The ImageNet MobileNetV2 backbone of the tree-crown demo (see mobilenet.py).
+    _C.MODEL.MOBILENET = CN()
+    # Load torchvision's ImageNet weights (mobilenet_v2-b0353104.pth) through
+    # torchvision's own loader, which reads torch hub's cache first.
+    _C.MODEL.MOBILENET.PRETRAINED = True
+    # Freeze the first N of its four stages (strides 4, 8, 16, 32). 0 trains all.
+    _C.MODEL.MOBILENET.FREEZE_AT = 1
+    _C.MODEL.MOBILENET.OUT_FEATURES = ["mb2", "mb3", "mb4", "mb5"]
+
+
+def cascade_stage_settings(cfg):
+    """
+    Return (ious, bbox_reg_weights, stage_loss_weights), one entry per stage,
+    after checking them. Raises ValueError naming the key at fault.
+    """
+    node = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+    ious = list(node.IOUS)
+    reg_weights = [tuple(w) if isinstance(w, (list, tuple)) else w for w in node.BBOX_REG_WEIGHTS]
+    loss_weights = list(node.STAGE_LOSS_WEIGHTS)
+
+    if len(ious) == 0:
+        raise ValueError(f"{_CASCADE}.IOUS is empty: a cascade needs at least one stage.")
+    for key, values in (("BBOX_REG_WEIGHTS", reg_weights), ("STAGE_LOSS_WEIGHTS", loss_weights)):
+        if len(values) != len(ious):
+            raise ValueError(
+                f"{_CASCADE}.{key} has {len(values)} entries but {_CASCADE}.IOUS has "
+                f"{len(ious)}: give one entry per stage."
+            )
+    for k, iou in enumerate(ious):
+        if not isinstance(iou, Real) or not 0.0 < iou < 1.0:
+            raise ValueError(f"{_CASCADE}.IOUS[{k}] = {iou!r}: an IoU threshold must lie in (0, 1).")
+    for k, w in enumerate(reg_weights):
+        if not (isinstance(w, tuple) and len(w) == 4 and all(isinstance(x, Real) for x in w)):
+            raise ValueError(
+                f"{_CASCADE}.BBOX_REG_WEIGHTS[{k}] = {w!r}: expected 4 numbers (wx, wy, ww, wh)."
+            )
+        if any(x <= 0 for x in w):
+            raise ValueError(f"{_CASCADE}.BBOX_REG_WEIGHTS[{k}] = {w!r}: weights must be positive.")
+    for k, w in enumerate(loss_weights):
+        if not isinstance(w, Real) or w < 0:
+            raise ValueError(
+                f"{_CASCADE}.STAGE_LOSS_WEIGHTS[{k}] = {w!r}: a loss weight must be a number >= 0."
+            )
+    if any(b <= a for a, b in zip(ious, ious[1:])):
+        # Legal (the paper's Table 3 ablates equal IoUs), but usually a typo.
+        logger.warning(
+            f"{_CASCADE}.IOUS = {ious} does not increase from stage to stage; Cascade R-CNN "
+            "relies on rising IoU thresholds."
+        )
+    return ious, reg_weights, loss_weights

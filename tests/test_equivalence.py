@@ -1,0 +1,59 @@
+"""With every default, CascadeRCNNROIHeads must reproduce detectron2's built-in CascadeROIHeads."""
+import pytest
+import torch
+
+from detectron2.utils.events import EventStorage
+
+from tests.common import build, synthetic_batch, tiny_cfg
+
+
+def _pair(stages, mask):
+    reference = build(tiny_cfg("CascadeROIHeads", mask=mask, stages=stages), seed=1)
+    ours = build(tiny_cfg("CascadeRCNNROIHeads", mask=mask, stages=stages), seed=2)
+    # strict=True: the names match one to one, nothing missing or unexpected.
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+@pytest.mark.parametrize("stages", [3, 4])
+@pytest.mark.parametrize("mask", [False, True])
+def test_same_detections(stages, mask):
+    reference, ours = _pair(stages, mask)
+    batch = synthetic_batch(with_masks=mask)
+    reference.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected = reference(batch)
+        got = ours(batch)
+    assert sum(len(r["instances"]) for r in expected) > 0, "the test needs some detections"
+    for e, g in zip(expected, got):
+        e, g = e["instances"], g["instances"]
+        assert torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor)
+        assert torch.equal(e.scores, g.scores)
+        assert torch.equal(e.pred_classes, g.pred_classes)
+        if mask:
+            assert torch.equal(e.pred_masks, g.pred_masks)
+
+
+@pytest.mark.parametrize("stages", [3, 4])
+@pytest.mark.parametrize("mask", [False, True])
+def test_same_losses_and_gradients(stages, mask):
+    reference, ours = _pair(stages, mask)
+    batch = synthetic_batch(with_masks=mask)
+    results = []
+    for model in (reference, ours):
+        model.train()
+        torch.manual_seed(123)  # the same proposal sampling in both
+        with EventStorage():
+            losses = model(batch)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((losses, grads))
+    (ref_losses, ref_grads), (our_losses, our_grads) = results
+    assert set(ref_losses) == set(our_losses)
+    assert any(f"loss_box_reg_stage{stages - 1}" == k for k in our_losses)
+    for k in ref_losses:
+        assert torch.equal(ref_losses[k], our_losses[k]), k
+    assert set(ref_grads) == set(our_grads)
+    for n in ref_grads:
+        torch.testing.assert_close(our_grads[n], ref_grads[n], rtol=0, atol=0, msg=n)
