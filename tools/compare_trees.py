@@ -38,8 +38,9 @@ def read_metrics(out_dir):
     evals = [r for r in rows if "bbox/AP" in r]
     if not evals:
         return None
-    times = [r["time"] for r in rows if "time" in r]
-    return evals[-1], statistics.median(times), max(r["iteration"] for r in rows) + 1
+    train_rows = [r for r in rows if "time" in r]
+    seconds = statistics.median(r["time"] for r in train_rows)
+    return evals[-1], seconds, train_rows[-1]["iteration"] + 1
 
 
 def cpu_name():
