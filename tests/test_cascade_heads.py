@@ -38,13 +38,6 @@ def test_invalid_config_names_the_key(changes, message):
     assert message in str(e.value)
 
 
-def test_class_specific_regression_is_refused_by_name():
-    cfg = tiny_cfg()
-    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
-    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"):
-        build_model(cfg)
-
-
 def test_non_increasing_ious_warn(caplog):
     cfg = tiny_cfg()
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = [0.5, 0.7, 0.6]

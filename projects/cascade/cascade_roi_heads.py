@@ -5,17 +5,23 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads import (
+    ROI_HEADS_REGISTRY,
+    StandardROIHeads,
+    select_foreground_proposals,
+)
 from detectron2.modeling.roi_heads.box_head import build_box_head
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .config import cascade_stage_settings
+from .config import cascade_stage_settings, cascade_switch, cascade_test_settings
+from .mask_per_stage import MaskHeadPerStage
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -36,11 +42,17 @@ class CascadeRCNNROIHeads(StandardROIHeads):
     """
     N box stages at rising IoU thresholds. Stage k is trained on the detached boxes
     that stage k-1 regressed, relabelled at its own threshold, so each stage sees a
-    distribution of boxes good enough for its threshold. At test time the stages'
-    class scores are averaged and the boxes come from the last stage.
+    distribution of boxes good enough for its threshold. At test time the boxes come
+    from the last stage and the class scores from the stages together (TEST_SCORE).
+
+    With class-specific regression, each box still hands ONE box to the next stage: in
+    training a positive's ground-truth class's box, otherwise the box of its top-scoring
+    foreground class (as mmdetection does). The detections instead take the last stage's
+    box of every class, so that each class is reported with its own regression, as in
+    Faster R-CNN.
 
     Parameter names follow detectron2's built-in `CascadeROIHeads`
-    (`box_head.{k}`, `box_predictor.{k}`), so its checkpoints load unchanged.
+    (`box_head.{k}`, `box_predictor.{k}`, `mask_head`), so its checkpoints load unchanged.
     """
 
     @configurable
@@ -54,6 +66,9 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         proposal_matchers: List[Matcher],
         stage_loss_weights: List[float],
         scale_feature_gradient: bool = True,
+        test_score: str = "mean",
+        num_test_stages: Optional[int] = None,
+        resample: bool = False,
         **kwargs,
     ):
         """
@@ -63,7 +78,11 @@ class CascadeRCNNROIHeads(StandardROIHeads):
                 the boxes refined by stage k-1.
             scale_feature_gradient: scale the gradient into the pooled features by
                 1/num_stages, as detectron2 does.
-            kwargs: as for `StandardROIHeads`, without `proposal_matcher`.
+            test_score: "mean", "mean_on_final" or "last" (see TEST_SCORE).
+            num_test_stages: run only the first stages at test time; None runs all.
+            resample: re-sample every stage's boxes, as stage 1 does (see RESAMPLE).
+            kwargs: as for `StandardROIHeads`, without `proposal_matcher`. A
+                `MaskHeadPerStage` as `mask_head` gives each stage its own mask head.
         """
         self.num_cascade_stages = len(box_heads)
         super().__init__(
@@ -77,6 +96,10 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         self.proposal_matchers = proposal_matchers
         self.stage_loss_weights = stage_loss_weights
         self.scale_feature_gradient = scale_feature_gradient
+        self.test_score = test_score
+        self.num_test_stages = num_test_stages or self.num_cascade_stages
+        self.resample = resample
+        self.mask_per_stage = self.mask_on and isinstance(self.mask_head, MaskHeadPerStage)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -84,15 +107,13 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         # Stage 1 labels proposals at IOUS[0] with its own matcher (see _init_box_head).
         del ret["proposal_matcher"]
         ret["scale_feature_gradient"] = cfg.MODEL.ROI_BOX_CASCADE_HEAD.SCALE_FEATURE_GRADIENT
+        ret["test_score"], ret["num_test_stages"] = cascade_test_settings(cfg)
+        ret["resample"] = cascade_switch(cfg, "RESAMPLE")
         return ret
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ious, reg_weights, loss_weights = cascade_stage_settings(cfg)
-        if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG must be True for CascadeRCNNROIHeads."
-            )
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         channels = {input_shape[f].channels for f in in_features}
         if len(channels) != 1:
@@ -129,6 +150,18 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             "stage_loss_weights": loss_weights,
         }
 
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        if not (cascade_switch(cfg, "MASK_PER_STAGE") and cfg.MODEL.MASK_ON):
+            return super()._init_mask_head(cfg, input_shape)
+        heads = []
+        for _ in cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS:
+            ret = super()._init_mask_head(cfg, input_shape)  # a freshly initialized head
+            heads.append(ret["mask_head"])
+        _, num_test_stages = cascade_test_settings(cfg)
+        ret["mask_head"] = MaskHeadPerStage(heads, num_test_heads=num_test_stages)
+        return ret
+
     def forward(self, images, features, proposals, targets=None):
         del images
         if not self.training:
@@ -136,51 +169,50 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             return self.forward_with_given_boxes(features, instances), {}
         if not targets:
             raise ValueError("CascadeRCNNROIHeads needs `targets` (ground truth) in training.")
-        # The mask head trains on stage 1's sampled proposals, as in detectron2.
-        proposals = self.label_and_sample_proposals(proposals, targets)
-        losses = self._forward_box(features, proposals, targets)
-        losses.update(self._forward_mask(features, proposals))
+        if self._replaces_ground_truth:
+            proposals = self.label_and_sample_proposals(*_flag_ground_truth(proposals, targets))
+        else:
+            proposals = self.label_and_sample_proposals(proposals, targets)
+        losses, stage_proposals = self._forward_box(features, proposals, targets)
+        if self.mask_per_stage:
+            losses.update(self._mask_losses_per_stage(features, stage_proposals))
+        else:
+            # The single mask head trains on stage 1's sampled proposals, as in detectron2.
+            losses.update(self._forward_mask(features, proposals))
         losses.update(self._forward_keypoint(features, proposals))
         return proposals, losses
 
+    @property
+    def _replaces_ground_truth(self) -> bool:
+        """
+        RESAMPLE with PROPOSAL_APPEND_GT: each stage drops the ground-truth boxes that the
+        previous stage appended and regressed, and appends exact ones (mmdetection).
+        """
+        return self.resample and self.proposal_append_gt
+
     def _forward_box(self, features, proposals, targets=None):
+        """
+        Training: return the stages' losses, and each stage's labelled input boxes.
+        Inference: return the detections of the first `num_test_stages` stages.
+        """
         features = [features[f] for f in self.box_in_features]
         image_sizes = [p.image_size for p in proposals]
+        num_stages = self.num_cascade_stages if self.training else self.num_test_stages
         stage_outputs = []  # (predictions, proposals) per stage
-        for k in range(self.num_cascade_stages):
+        for k in range(num_stages):
             if k > 0:
-                proposals = self._proposals_from_boxes(refined, image_sizes)
-                if self.training:
-                    proposals = self._label_boxes(proposals, k, targets)
+                proposals = self._next_stage_proposals(refined, proposals, k, targets)
             predictions = self._run_stage(features, proposals, k)
-            refined = self.box_predictor[k].predict_boxes(predictions, proposals)
+            boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            refined = self._boxes_for_next_stage(boxes, predictions, proposals)
             stage_outputs.append((predictions, proposals))
 
         if self.training:
-            return self._stage_losses(stage_outputs)
-        return self._inference(stage_outputs, refined, image_sizes)
-
-    def _stage_losses(self, stage_outputs) -> Dict[str, torch.Tensor]:
-        storage = get_event_storage()
-        losses = {}
-        for k, (predictions, proposals) in enumerate(stage_outputs):
-            with storage.name_scope(f"stage{k}"):
-                stage_losses = self.box_predictor[k].losses(predictions, proposals)
-            weight = self.stage_loss_weights[k]
-            losses.update({f"{name}_stage{k}": v * weight for name, v in stage_losses.items()})
-        return losses
-
-    def _inference(self, stage_outputs, final_boxes, image_sizes) -> List[Instances]:
-        probs_per_stage = [
-            self.box_predictor[k].predict_probs(predictions, proposals)
-            for k, (predictions, proposals) in enumerate(stage_outputs)
-        ]
-        scores = [
-            sum(probs) * (1.0 / self.num_cascade_stages) for probs in zip(*probs_per_stage)
-        ]
-        last = self.box_predictor[-1]
+            return self._stage_losses(stage_outputs), [p for _, p in stage_outputs]
+        scores = self._test_scores(features, stage_outputs, refined, image_sizes)
+        last = self.box_predictor[num_stages - 1]
         instances, _ = fast_rcnn_inference(
-            final_boxes,
+            boxes,
             scores,
             image_sizes,
             last.test_score_thresh,
@@ -197,6 +229,37 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
         box_features = self.box_head[stage](box_features)
         return self.box_predictor[stage](box_features)
+
+    def _boxes_for_next_stage(self, boxes, predictions, proposals) -> List[torch.Tensor]:
+        """
+        The one box per row that a stage hands to the next. With class-specific regression:
+        a positive's ground-truth class in training, else the top-scoring foreground class.
+        """
+        logits, deltas = predictions
+        if deltas.shape[1] == 4:  # class-agnostic: already one box per row
+            return boxes
+        classes = logits[:, :-1].argmax(dim=1)
+        if self.training:
+            gt_classes = cat([p.gt_classes for p in proposals])
+            is_fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+            classes = torch.where(is_fg, gt_classes, classes)
+        rows = torch.arange(len(classes), device=classes.device)
+        chosen = cat(boxes).view(len(classes), self.num_classes, 4)[rows, classes]
+        return chosen.split([len(p) for p in proposals])
+
+    def _next_stage_proposals(self, boxes, previous, stage, targets) -> List[Instances]:
+        """The boxes stage `stage` starts from; in training, labelled at its IoU."""
+        if self.training and self._replaces_ground_truth:
+            boxes = [b[~p.is_ground_truth] for b, p in zip(boxes, previous)]
+        proposals = self._proposals_from_boxes(boxes, [p.image_size for p in previous])
+        if not self.training:
+            return proposals
+        if self.resample:
+            proposals = self._resample(proposals, stage, targets)
+        else:
+            proposals = self._label_boxes(proposals, stage, targets)
+        self._log_sample_counts(proposals, stage)
+        return proposals
 
     def _proposals_from_boxes(self, boxes: List[torch.Tensor], image_sizes) -> List[Instances]:
         """Turn one stage's refined boxes into the next stage's proposals."""
@@ -215,11 +278,24 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         return proposals
 
     @torch.no_grad()
-    def _label_boxes(
-        self, proposals: List[Instances], stage: int, targets: List[Instances]
-    ) -> List[Instances]:
-        """Match refined boxes to ground truth at this stage's IoU; no re-sampling."""
-        num_fg, num_bg = [], []
+    def _resample(self, proposals, stage, targets) -> List[Instances]:
+        """Label and sample a stage's boxes as `label_and_sample_proposals` does for stage 1."""
+        if self.proposal_append_gt:
+            proposals = _append_ground_truth(proposals, targets)
+        sampled = []
+        for proposals_per_image in self._label_boxes(proposals, stage, targets):
+            fg_idxs, bg_idxs = subsample_labels(
+                proposals_per_image.gt_classes,
+                self.batch_size_per_image,
+                self.positive_fraction,
+                self.num_classes,
+            )
+            sampled.append(proposals_per_image[torch.cat([fg_idxs, bg_idxs])])
+        return sampled
+
+    @torch.no_grad()
+    def _label_boxes(self, proposals, stage, targets) -> List[Instances]:
+        """Match boxes to ground truth at this stage's IoU."""
         for proposals_per_image, targets_per_image in zip(proposals, targets):
             iou = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
             matched_idxs, is_fg = self.proposal_matchers[stage](iou)
@@ -227,16 +303,109 @@ class CascadeRCNNROIHeads(StandardROIHeads):
                 gt_classes = targets_per_image.gt_classes[matched_idxs]
                 gt_classes[is_fg == 0] = self.num_classes
                 gt_boxes = targets_per_image.gt_boxes[matched_idxs]
+                if self.mask_per_stage:
+                    # This stage's own mask head learns from its positives.
+                    proposals_per_image.gt_masks = targets_per_image.gt_masks[matched_idxs]
             else:
                 # No ground truth: all background; the boxes are never regressed.
                 gt_classes = torch.full_like(matched_idxs, self.num_classes)
                 gt_boxes = Boxes(iou.new_zeros((len(proposals_per_image), 4)))
             proposals_per_image.gt_classes = gt_classes
             proposals_per_image.gt_boxes = gt_boxes
-            num_fg.append(int((is_fg == 1).sum()))
-            num_bg.append(is_fg.numel() - num_fg[-1])
+        return proposals
 
+    def _log_sample_counts(self, proposals, stage):
+        num_fg = [int((p.gt_classes < self.num_classes).sum()) for p in proposals]
+        num_bg = [len(p) - fg for p, fg in zip(proposals, num_fg)]
         storage = get_event_storage()
         storage.put_scalar(f"stage{stage}/roi_head/num_fg_samples", sum(num_fg) / len(num_fg))
         storage.put_scalar(f"stage{stage}/roi_head/num_bg_samples", sum(num_bg) / len(num_bg))
-        return proposals
+
+    def _stage_losses(self, stage_outputs) -> Dict[str, torch.Tensor]:
+        storage = get_event_storage()
+        losses = {}
+        for k, (predictions, proposals) in enumerate(stage_outputs):
+            with storage.name_scope(f"stage{k}"):
+                stage_losses = self.box_predictor[k].losses(predictions, proposals)
+            weight = self.stage_loss_weights[k]
+            losses.update({f"{name}_stage{k}": v * weight for name, v in stage_losses.items()})
+        return losses
+
+    def _test_scores(self, features, stage_outputs, final_boxes, image_sizes):
+        """Class probabilities of the final boxes, as TEST_SCORE says."""
+        if self.test_score == "last":
+            predictions, proposals = stage_outputs[-1]
+            return self.box_predictor[len(stage_outputs) - 1].predict_probs(predictions, proposals)
+        if self.test_score == "mean_on_final":
+            probs_per_stage = self._probs_on_boxes(
+                features, final_boxes, image_sizes, len(stage_outputs)
+            )
+        else:
+            probs_per_stage = [
+                self.box_predictor[k].predict_probs(predictions, proposals)
+                for k, (predictions, proposals) in enumerate(stage_outputs)
+            ]
+        return [sum(probs) * (1.0 / len(probs_per_stage)) for probs in zip(*probs_per_stage)]
+
+    def _probs_on_boxes(self, features, boxes, image_sizes, num_stages):
+        """
+        The paper's ensemble: the classifiers of the first `num_stages` score the same
+        boxes. With class-specific regression, a row's box is its top-scoring class's.
+        """
+        proposals = self._proposals_from_boxes(boxes, image_sizes)
+        box_features = self.box_pooler(features, [p.proposal_boxes for p in proposals])
+        return [
+            self.box_predictor[k].predict_probs(
+                self.box_predictor[k](self.box_head[k](box_features)), proposals
+            )
+            for k in range(num_stages)
+        ]
+
+    def _mask_losses_per_stage(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
+        """Mask head k learns from stage k's positives, weighted like stage k's box losses."""
+        losses = {}
+        for k, proposals in enumerate(stage_proposals):
+            positives, _ = select_foreground_proposals(proposals, self.num_classes)
+            if self.mask_pooler is None:
+                mask_features = {f: features[f] for f in self.mask_in_features}
+            else:
+                mask_features = self.mask_pooler(
+                    [features[f] for f in self.mask_in_features],
+                    [p.proposal_boxes for p in positives],
+                )
+            loss = self.mask_head[k](mask_features, positives)["loss_mask"]
+            losses[f"loss_mask_stage{k}"] = loss * self.stage_loss_weights[k]
+        return losses
+
+
+def _flag_ground_truth(proposals: List[Instances], targets: List[Instances]):
+    """
+    Copies of `proposals` and `targets` with a field `is_ground_truth`: False on the
+    proposals, True on the targets. `add_ground_truth_to_proposals` builds the boxes it
+    appends from the targets' fields, so the flag reaches them and survives sampling.
+    Unlike comparing coordinates, it cannot mistake an RPN box that equals a gt box.
+    """
+    return (
+        [_flagged(p, p.proposal_boxes, False) for p in proposals],
+        [_flagged(t, t.gt_boxes, True) for t in targets],
+    )
+
+
+def _append_ground_truth(proposals: List[Instances], targets: List[Instances]):
+    """Append each image's ground-truth boxes to its proposals, flagged as above."""
+    appended = []
+    for p, t in zip(proposals, targets):
+        gt = Instances(t.image_size, proposal_boxes=t.gt_boxes)
+        appended.append(
+            Instances.cat([_flagged(p, p.proposal_boxes, False), _flagged(gt, t.gt_boxes, True)])
+        )
+    return appended
+
+
+def _flagged(instances: Instances, boxes: Boxes, is_ground_truth: bool) -> Instances:
+    """A shallow copy of `instances`, every row flagged; `boxes` are its boxes."""
+    flagged = Instances(instances.image_size, **instances.get_fields())
+    flagged.is_ground_truth = torch.full(
+        (len(boxes),), is_ground_truth, dtype=torch.bool, device=boxes.device
+    )
+    return flagged

@@ -7,6 +7,7 @@ from detectron2.config import CfgNode as CN
 logger = logging.getLogger(__name__)
 
 _CASCADE = "MODEL.ROI_BOX_CASCADE_HEAD"
+TEST_SCORES = ("mean", "mean_on_final", "last")
 
 
 def add_cascade_config(cfg):
@@ -24,6 +25,24 @@ def add_cascade_config(cfg):
     # 1/num_stages, so the backbone sees one stage's worth of gradient while every
     # head gets its full loss. False lets the full sum through (mmdetection).
     _C.MODEL.ROI_BOX_CASCADE_HEAD.SCALE_FEATURE_GRADIENT = True
+    # The stages disagree on the boxes they score: "mean" averages each stage's scores of
+    # its own input boxes (detectron2, mmdetection), "mean_on_final" has every stage's
+    # classifier score the final boxes (the paper's ensemble), "last" measures the last
+    # stage without the ensemble.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SCORE = "mean"
+    # Stop inference after stage k (counting from 1), to measure what each stage adds
+    # without training a shorter cascade. -1 runs every stage.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_STAGE = -1
+    # False keeps every box that stage 1 sampled and later stages refined (detectron2, the
+    # paper), so later stages see ever more positives. True re-samples each stage at
+    # ROI_HEADS.BATCH_SIZE_PER_IMAGE and POSITIVE_FRACTION, with exact ground-truth boxes in
+    # place of the regressed ones (mmdetection).
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.RESAMPLE = False
+    # A single mask head learns from stage 1's positives, matched at the lowest IoU
+    # (detectron2). True trains one head per stage on that stage's positives and averages
+    # their masks at test time (mmdetection), for N times the mask head's cost. Only with
+    # MODEL.MASK_ON.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.MASK_PER_STAGE = False
 
     # The ImageNet MobileNetV2 backbone of the tree-crown demo (see mobilenet.py).
     _C.MODEL.MOBILENET = CN()
@@ -75,3 +94,33 @@ def cascade_stage_settings(cfg):
             "relies on rising IoU thresholds."
         )
     return ious, reg_weights, loss_weights
+
+
+def cascade_test_settings(cfg):
+    """
+    Return (test_score, num_test_stages): how the final scores are formed, and how many
+    stages run at test time (TEST_STAGE, with -1 resolved). Raises ValueError naming the key.
+    """
+    node = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+    num_stages = len(node.IOUS)
+    if node.TEST_SCORE not in TEST_SCORES:
+        raise ValueError(
+            f"{_CASCADE}.TEST_SCORE = {node.TEST_SCORE!r}: expected one of "
+            f"{', '.join(TEST_SCORES)}."
+        )
+    stage = node.TEST_STAGE
+    is_int = isinstance(stage, int) and not isinstance(stage, bool)
+    if not (is_int and (stage == -1 or 1 <= stage <= num_stages)):
+        raise ValueError(
+            f"{_CASCADE}.TEST_STAGE = {stage!r}: expected -1 (all stages) or a stage in "
+            f"1..{num_stages} (stages count from 1)."
+        )
+    return node.TEST_SCORE, num_stages if stage == -1 else stage
+
+
+def cascade_switch(cfg, key):
+    """Return the on/off option `key` of the cascade node, after checking it is a bool."""
+    value = cfg.MODEL.ROI_BOX_CASCADE_HEAD[key]
+    if not isinstance(value, bool):
+        raise ValueError(f"{_CASCADE}.{key} = {value!r}: expected True or False.")
+    return value
