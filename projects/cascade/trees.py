@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+
+from .data_checks import load_checked_coco_json
 
 __all__ = ["SPLITS", "register_trees"]
 
@@ -30,7 +31,7 @@ def _load_split(name, json_file, image_root):
             f"Dataset '{name}' is not prepared: {json_file} does not exist. "
             f"Run `python scripts/prepare_trees.py --output {image_root.parent}` first."
         )
-    return load_coco_json(json_file, str(image_root), name)
+    return load_checked_coco_json(json_file, str(image_root), name)
 
 
 def register_trees(root=None, name_suffix=""):
