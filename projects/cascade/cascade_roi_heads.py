@@ -1,5 +1,5 @@
 """Cascade R-CNN ROI heads (Cai & Vasconcelos, CVPR 2018)."""
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,8 +20,22 @@ from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .config import cascade_stage_settings, cascade_switch, cascade_test_settings
+from .config import (
+    cascade_prune_topk,
+    cascade_stage_settings,
+    cascade_switch,
+    cascade_test_settings,
+)
 from .mask_per_stage import MaskHeadPerStage
+
+
+class _Stage(NamedTuple):
+    """What one stage produced."""
+
+    predictions: Tuple[torch.Tensor, torch.Tensor]  # class logits, box deltas
+    proposals: List[Instances]  # its input boxes, per image
+    boxes: List[torch.Tensor]  # the boxes it regressed, per image (one per class if class-specific)
+    refined: List[torch.Tensor]  # the one box per row it hands to the next stage
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -69,6 +83,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         test_score: str = "mean",
         num_test_stages: Optional[int] = None,
         resample: bool = False,
+        test_prune_topk: int = 0,
         **kwargs,
     ):
         """
@@ -81,6 +96,8 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             test_score: "mean", "mean_on_final" or "last" (see TEST_SCORE).
             num_test_stages: run only the first stages at test time; None runs all.
             resample: re-sample every stage's boxes, as stage 1 does (see RESAMPLE).
+            test_prune_topk: at test time, only the top-k boxes of each image by stage-1
+                foreground score go on to stages 2..N; 0 sends all (see TEST_PRUNE_TOPK).
             kwargs: as for `StandardROIHeads`, without `proposal_matcher`. A
                 `MaskHeadPerStage` as `mask_head` gives each stage its own mask head.
         """
@@ -99,6 +116,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         self.test_score = test_score
         self.num_test_stages = num_test_stages or self.num_cascade_stages
         self.resample = resample
+        self.test_prune_topk = test_prune_topk
         self.mask_per_stage = self.mask_on and isinstance(self.mask_head, MaskHeadPerStage)
 
     @classmethod
@@ -109,6 +127,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         ret["scale_feature_gradient"] = cfg.MODEL.ROI_BOX_CASCADE_HEAD.SCALE_FEATURE_GRADIENT
         ret["test_score"], ret["num_test_stages"] = cascade_test_settings(cfg)
         ret["resample"] = cascade_switch(cfg, "RESAMPLE")
+        ret["test_prune_topk"] = cascade_prune_topk(cfg)
         return ret
 
     @classmethod
@@ -196,30 +215,136 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         Inference: return the detections of the first `num_test_stages` stages.
         """
         features = [features[f] for f in self.box_in_features]
-        image_sizes = [p.image_size for p in proposals]
         num_stages = self.num_cascade_stages if self.training else self.num_test_stages
-        stage_outputs = []  # (predictions, proposals) per stage
+        stages = self._run_stages(features, proposals, num_stages, targets)
+        if self.training:
+            return self._stage_losses(stages), [s.proposals for s in stages]
+        instances, _ = self._detect(features, stages, self.test_score)
+        return instances
+
+    @torch.no_grad()
+    def inference_by_stage(
+        self, features: Dict[str, torch.Tensor], proposals: List[Instances]
+    ) -> Tuple[List[Instances], Dict[str, List[Instances]]]:
+        """
+        Run the test-time stages once, and return what every stage and every ensemble
+        of stages detects, to measure each stage without running the backbone per stage.
+
+        Returns:
+            detections: what `forward` returns at test time, with one more field,
+                `stage_boxes` (R x (num_stages + 1) x 4): the proposal each detection
+                started from (column 0), then the box each stage made of it (column k:
+                the box stage k handed on; last column: the detection's box).
+            sets: name -> detections per image. "k": stage k's boxes scored by stage k
+                alone (TEST_STAGE k, TEST_SCORE "last"); "1~k" for k >= 2: stage k's
+                boxes scored by stages 1..k as `ensemble_score` says (TEST_STAGE k,
+                TEST_SCORE `ensemble_score`). They come out of the same code as a
+                run with those settings, so they are the same detections.
+        """
+        assert not self.training, "inference_by_stage is for test time"
+        box_features = [features[f] for f in self.box_in_features]
+        stages = self._run_stages(box_features, proposals, self.num_test_stages)
+        detections, rows = self._detect(box_features, stages, self.test_score)
+        for image, (instances, rows_per_image) in enumerate(zip(detections, rows)):
+            instances.stage_boxes = self._stage_boxes_of(stages, image, rows_per_image, instances)
+        detections = self.forward_with_given_boxes(features, detections)
+        sets = {}
+        for k in range(1, len(stages) + 1):
+            sets[str(k)] = self._detect(box_features, stages[:k], "last")[0]
+        for k in range(2, len(stages) + 1):
+            sets[f"1~{k}"] = self._detect(box_features, stages[:k], self.ensemble_score)[0]
+        return detections, sets
+
+    @property
+    def ensemble_score(self) -> str:
+        """
+        How `inference_by_stage` scores the ensembles 1~k: as TEST_SCORE says, unless that
+        is "last", which is no ensemble; then "mean", detectron2's default.
+        """
+        return "mean" if self.test_score == "last" else self.test_score
+
+    def _stage_boxes_of(self, stages, image, rows, detections) -> torch.Tensor:
+        """
+        The path of every detection of one image through the stages: its proposal, the box
+        each stage handed to the next, and the last stage's box of the detected class.
+        """
+        columns = [stages[0].proposals[image].proposal_boxes.tensor[rows]]
+        columns += [stage.refined[image][rows] for stage in stages[:-1]]
+        last = stages[-1].boxes[image][rows]
+        if last.shape[1] > 4:  # class-specific regression
+            per_class = last.view(len(rows), last.shape[1] // 4, 4)
+            last = per_class[torch.arange(len(rows), device=last.device), detections.pred_classes]
+        columns.append(last)
+        stage_boxes = Boxes(torch.stack(columns, dim=1).view(-1, 4))
+        stage_boxes.clip(detections.image_size)  # as the detections' boxes are
+        return stage_boxes.tensor.view(len(rows), len(columns), 4)
+
+    def _run_stages(self, features, proposals, num_stages, targets=None) -> List[_Stage]:
+        """Run the first `num_stages` stages, each on the boxes the previous one refined."""
+        stages = []
         for k in range(num_stages):
             if k > 0:
-                proposals = self._next_stage_proposals(refined, proposals, k, targets)
+                proposals = self._next_stage_proposals(stages[-1].refined, proposals, k, targets)
             predictions = self._run_stage(features, proposals, k)
             boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             refined = self._boxes_for_next_stage(boxes, predictions, proposals)
-            stage_outputs.append((predictions, proposals))
+            stages.append(_Stage(predictions, proposals, boxes, refined))
+            if k == 0 and num_stages > 1 and not self.training and self.test_prune_topk > 0:
+                stages[0] = self._prune(stages[0], self.test_prune_topk)
+                proposals = stages[0].proposals
+        return stages
 
-        if self.training:
-            return self._stage_losses(stage_outputs), [p for _, p in stage_outputs]
-        scores = self._test_scores(features, stage_outputs, refined, image_sizes)
-        last = self.box_predictor[num_stages - 1]
-        instances, _ = fast_rcnn_inference(
+    def _prune(self, stage: _Stage, topk: int) -> _Stage:
+        """
+        Keep the `topk` rows of each image with the highest foreground score (the best
+        non-background class probability) of `stage`, in their original order. Later
+        stages then see only those rows, so the rows dropped here get no score from them
+        and are dropped from the detections: with TEST_SCORE "mean" a row's score is the
+        mean over every stage, and a stage-1 score alone would not be comparable.
+        """
+        probs = self.box_predictor[0].predict_probs(stage.predictions, stage.proposals)
+        keep = []
+        for probs_per_image in probs:
+            fg_scores = probs_per_image[:, :-1].max(dim=1).values
+            # No Python branch on the number of rows: tracing would fix it to the traced
+            # image's, and an exported model would fail on images with fewer than topk.
+            k = torch.clamp(torch.as_tensor(len(fg_scores)), max=topk)
+            keep.append(fg_scores.topk(k).indices.sort().values)
+        flat = cat([rows + start for rows, start in zip(keep, _offsets(probs))])
+        boxes = [b[rows] for b, rows in zip(stage.boxes, keep)]
+        refined = boxes if stage.refined is stage.boxes else [
+            r[rows] for r, rows in zip(stage.refined, keep)
+        ]
+        return _Stage(
+            predictions=tuple(x[flat] for x in stage.predictions),
+            proposals=[p[rows] for p, rows in zip(stage.proposals, keep)],
+            boxes=boxes,
+            refined=refined,
+        )
+
+    def _detect(self, features, stages, test_score):
+        """
+        Detections from the boxes of the last of `stages`, scored as `test_score` says,
+        and per image the row (input box) that each detection comes from.
+        """
+        boxes = stages[-1].boxes
+        scores = self._test_scores(features, stages, test_score)
+        last = self.box_predictor[len(stages) - 1]
+        instances, kept = fast_rcnn_inference(
             boxes,
             scores,
-            image_sizes,
+            [p.image_size for p in stages[0].proposals],
             last.test_score_thresh,
             last.test_nms_thresh,
             last.test_topk_per_image,
         )
-        return instances
+        # fast_rcnn_inference numbers the rows after dropping those with non-finite boxes
+        # or scores; number them as the stages do.
+        rows = [
+            (torch.isfinite(b).all(dim=1) & torch.isfinite(s).all(dim=1)).nonzero()[k, 0]
+            for b, s, k in zip(boxes, scores, kept)
+        ]
+        return instances, rows
 
     def _run_stage(self, features, proposals, stage):
         box_features = self.box_pooler(features, [p.proposal_boxes for p in proposals])
@@ -321,29 +446,31 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         storage.put_scalar(f"stage{stage}/roi_head/num_fg_samples", sum(num_fg) / len(num_fg))
         storage.put_scalar(f"stage{stage}/roi_head/num_bg_samples", sum(num_bg) / len(num_bg))
 
-    def _stage_losses(self, stage_outputs) -> Dict[str, torch.Tensor]:
+    def _stage_losses(self, stages) -> Dict[str, torch.Tensor]:
         storage = get_event_storage()
         losses = {}
-        for k, (predictions, proposals) in enumerate(stage_outputs):
+        for k, stage in enumerate(stages):
             with storage.name_scope(f"stage{k}"):
-                stage_losses = self.box_predictor[k].losses(predictions, proposals)
+                stage_losses = self.box_predictor[k].losses(stage.predictions, stage.proposals)
             weight = self.stage_loss_weights[k]
             losses.update({f"{name}_stage{k}": v * weight for name, v in stage_losses.items()})
         return losses
 
-    def _test_scores(self, features, stage_outputs, final_boxes, image_sizes):
-        """Class probabilities of the final boxes, as TEST_SCORE says."""
-        if self.test_score == "last":
-            predictions, proposals = stage_outputs[-1]
-            return self.box_predictor[len(stage_outputs) - 1].predict_probs(predictions, proposals)
-        if self.test_score == "mean_on_final":
+    def _test_scores(self, features, stages, test_score):
+        """Class probabilities of the last stage's boxes, as `test_score` (TEST_SCORE) says."""
+        if test_score == "last":
+            return self.box_predictor[len(stages) - 1].predict_probs(
+                stages[-1].predictions, stages[-1].proposals
+            )
+        if test_score == "mean_on_final":
+            image_sizes = [p.image_size for p in stages[0].proposals]
             probs_per_stage = self._probs_on_boxes(
-                features, final_boxes, image_sizes, len(stage_outputs)
+                features, stages[-1].refined, image_sizes, len(stages)
             )
         else:
             probs_per_stage = [
-                self.box_predictor[k].predict_probs(predictions, proposals)
-                for k, (predictions, proposals) in enumerate(stage_outputs)
+                self.box_predictor[k].predict_probs(stage.predictions, stage.proposals)
+                for k, stage in enumerate(stages)
             ]
         return [sum(probs) * (1.0 / len(probs_per_stage)) for probs in zip(*probs_per_stage)]
 
@@ -376,6 +503,15 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             loss = self.mask_head[k](mask_features, positives)["loss_mask"]
             losses[f"loss_mask_stage{k}"] = loss * self.stage_loss_weights[k]
         return losses
+
+
+def _offsets(tensors: List[torch.Tensor]) -> List[int]:
+    """Where each of `tensors` starts in their concatenation."""
+    offsets, start = [], 0
+    for t in tensors:
+        offsets.append(start)
+        start += len(t)
+    return offsets
 
 
 def _flag_ground_truth(proposals: List[Instances], targets: List[Instances]):

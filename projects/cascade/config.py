@@ -43,6 +43,18 @@ def add_cascade_config(cfg):
     # their masks at test time (mmdetection), for N times the mask head's cost. Only with
     # MODEL.MASK_ON.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.MASK_PER_STAGE = False
+    # Test-time speed: stages 2..N cost as much as stage 1 on every proposal, yet most
+    # proposals are background that stage 1 already scores low. k > 0 sends only the top-k
+    # boxes of each image by stage-1 foreground score on to stages 2..N; the other boxes
+    # are dropped from the detections (they have no score from the later stages to average).
+    # 0 turns it off, and k >= the number of proposals changes nothing. Test time only.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = 0
+
+    # Evaluate every stage alone and every ensemble of stages 1~k from the same inference
+    # pass as the main COCO evaluation (see stage_evaluation.py), to see what each stage
+    # adds at every IoU, as the paper's Table 4 does. Off by default: it costs one
+    # NMS and one COCOeval per stage and ensemble.
+    _C.TEST.CASCADE_STAGE_EVAL = False
 
     # The ImageNet MobileNetV2 backbone of the tree-crown demo (see mobilenet.py).
     _C.MODEL.MOBILENET = CN()
@@ -116,6 +128,17 @@ def cascade_test_settings(cfg):
             f"1..{num_stages} (stages count from 1)."
         )
     return node.TEST_SCORE, num_stages if stage == -1 else stage
+
+
+def cascade_prune_topk(cfg):
+    """Return TEST_PRUNE_TOPK after checking it is an int >= 0 (0: off)."""
+    k = cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+        raise ValueError(
+            f"{_CASCADE}.TEST_PRUNE_TOPK = {k!r}: expected an integer >= 0 "
+            "(0 turns pruning off)."
+        )
+    return k
 
 
 def cascade_switch(cfg, key):

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""
+Where the boxes stand: the IoU of the boxes entering each cascade stage with their
+best-matching ground truth, for a trained model over a dataset, twice: in training mode
+(the boxes each stage is trained on; nothing is updated) and at inference (all proposals).
+
+    python tools/iou_analysis.py --config-file configs/trees/cascade_rcnn_trees.yaml \
+        --dataset trees_train --output output/trees/iou_analysis \
+        MODEL.WEIGHTS output/trees/cascade_rcnn/model_final.pth
+
+Writes iou_analysis.png (a histogram per mode and stage, like the paper's Figure 4) and
+iou_analysis.json to --output, and prints the fraction of boxes at IoU >= 0.5, 0.6, 0.7.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import DatasetMapper, build_detection_test_loader  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from projects.cascade import CascadeRCNNROIHeads  # noqa: E402
+from projects.cascade.cli import load_config  # noqa: E402
+from projects.cascade.iou_analysis import (  # noqa: E402
+    MODES,
+    IoUAnalysis,
+    format_table,
+    save,
+    stage_input_ious,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--dataset", help="a registered dataset (default: the first DATASETS.TEST)")
+    parser.add_argument("--output", required=True, help="folder for iou_analysis.{png,json}")
+    parser.add_argument("--max-images", type=int, default=0, help="0: the whole dataset")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the training-mode sampling")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser.parse_args(argv)
+
+
+def ground_truth_loader(cfg, dataset):
+    """Images resized as at test time, with their annotations (the test mapper drops them)."""
+    mapper = DatasetMapper(
+        is_train=True,
+        augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
+        image_format=cfg.INPUT.FORMAT,
+        use_instance_mask=cfg.MODEL.MASK_ON,
+        instance_mask_format=cfg.INPUT.MASK_FORMAT,
+    )
+    return build_detection_test_loader(cfg, dataset, mapper=mapper)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    model = build_model(cfg)
+    if not isinstance(model.roi_heads, CascadeRCNNROIHeads):
+        sys.exit(f"error: {args.config_file} does not use CascadeRCNNROIHeads; nothing to analyse.")
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    torch.manual_seed(args.seed)
+
+    analysis = IoUAnalysis()
+    images = 0
+    for batch in ground_truth_loader(cfg, dataset):
+        if args.max_images and images >= args.max_images:
+            break
+        for mode in MODES:
+            analysis.add(mode, stage_input_ious(model, batch, training=mode == "training"))
+        images += len(batch)
+
+    summary = {"dataset": dataset, "images": images, "weights": cfg.MODEL.WEIGHTS}
+    summary.update(analysis.summary())
+    os.makedirs(args.output, exist_ok=True)
+    json_path = os.path.join(args.output, "iou_analysis.json")
+    png_path = os.path.join(args.output, "iou_analysis.png")
+    title = f"IoU of each stage's input boxes with the best-matching ground truth, {dataset}"
+    save(summary, json_path, png_path, title=f"{title} ({images} images)")
+    print(format_table(summary))
+    print(f"wrote {png_path} and {json_path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
