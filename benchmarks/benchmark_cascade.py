@@ -1,0 +1,570 @@
+#!/usr/bin/env python
+"""
+Speed, memory, parameters and FLOPs of the cascade's ROI heads, all in one process:
+
+- ours: `CascadeRCNNROIHeads` (this project);
+- builtin: detectron2's `CascadeROIHeads`, with the same weights as ours;
+- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN.
+
+Every time is the median of paired repetitions (ours, builtin, faster, then the reverse
+order, ...) after warm-up, on the CPU with 2 threads; each ratio is the median of the
+per-repetition ratios, so that load shared with other processes cancels out.
+
+    .venv/bin/python benchmarks/benchmark_cascade.py            # full run, several minutes
+    .venv/bin/python benchmarks/benchmark_cascade.py --quick    # tiny sizes, for the tests
+
+It prints Markdown tables and writes them as JSON (--output).
+"""
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.data.dataset_mapper import DatasetMapper  # noqa: E402
+from detectron2.evaluation import COCOEvaluator  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.solver import build_optimizer  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.analysis import FlopCountAnalysis, parameter_count  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from projects.cascade import add_cascade_config  # noqa: E402
+
+HEADS = {"ours": "CascadeRCNNROIHeads", "builtin": "CascadeROIHeads", "faster": "StandardROIHeads"}
+R50_CONFIGS = {
+    "ours": "configs/cascade_rcnn_R_50_FPN_1x.yaml",
+    "builtin": "configs/cascade_rcnn_R_50_FPN_1x.yaml",
+    "faster": "configs/faster_rcnn_R_50_FPN_1x.yaml",
+}
+TREES_CONFIGS = {
+    "ours": "configs/trees/cascade_rcnn_trees.yaml",
+    "builtin": "configs/trees/cascade_rcnn_trees.yaml",
+    "faster": "configs/trees/faster_rcnn_trees.yaml",
+}
+PRUNE_KS = (100, 200, 300, 500, 0)  # 0: off
+
+
+# ----------------------------------------------------------------------------- models
+def make_cfg(config_file, roi_heads, stages=None, **overrides):
+    cfg = get_cfg()
+    add_cascade_config(cfg)
+    cfg.merge_from_file(str(REPO / config_file))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ROI_HEADS.NAME = roi_heads
+    if "MOBILENET" in cfg.MODEL:
+        cfg.MODEL.MOBILENET.PRETRAINED = False  # weights come from a checkpoint or the seed
+    if stages is not None:
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = [0.5, 0.6, 0.7, 0.75, 0.8][:stages]
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = [
+            (10.0 * (k + 1), 10.0 * (k + 1), 5.0 * (k + 1), 5.0 * (k + 1)) for k in range(stages)
+        ]
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS = [1.0] * stages
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return cfg
+
+
+def build_trio(configs, cascade_weights=None, faster_weights=None, stages=None, **overrides):
+    """
+    The three models. ours and builtin get the same weights (a checkpoint, or builtin's
+    random ones); faster gets its checkpoint, or builtin's backbone and RPN.
+    """
+    cfgs = {n: make_cfg(configs[n], HEADS[n], stages=stages, **overrides) for n in HEADS}
+    models = {}
+    for n in HEADS:
+        torch.manual_seed(0)  # a fixed seed: the same random weights on every run
+        models[n] = build_model(cfgs[n]).eval()
+    if cascade_weights:
+        state = _load(cascade_weights)
+        models["builtin"].load_state_dict(state, strict=True)
+    models["ours"].load_state_dict(models["builtin"].state_dict(), strict=True)
+    if faster_weights:
+        models["faster"].load_state_dict(_load(faster_weights), strict=True)
+    else:
+        shared = {
+            k: v for k, v in models["builtin"].state_dict().items() if not k.startswith("roi_heads.")
+        }
+        models["faster"].load_state_dict(shared, strict=False)
+    return cfgs, models
+
+
+def _load(path):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint.get("model", checkpoint)
+
+
+# ----------------------------------------------------------------------------- timing
+def paired_times(fns, reps, warmup):
+    """{name: [seconds per repetition]}; the order alternates between repetitions."""
+    names = list(fns)
+    for r in range(warmup):
+        for n in names:
+            fns[n](r)
+    times = {n: [] for n in names}
+    for r in range(reps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[n](r)
+            times[n].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times, unit=1000.0):
+    """Median per name, in ms, and the median paired ratio to builtin and to faster."""
+    row = {}
+    for n, ts in times.items():
+        row[n] = {"median_ms": statistics.median(ts) * unit, "reps": len(ts)}
+        for ref in ("builtin", "faster"):
+            if ref in times and ref != n:
+                ratios = [a / b for a, b in zip(ts, times[ref])]
+                row[n][f"x_{ref}"] = statistics.median(ratios)
+    return row
+
+
+# ----------------------------------------------------------------------------- memory
+_LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_rss_mb(fn):
+    """
+    Peak resident memory while `fn` runs, above the resident memory before it (MB). The
+    kernel's high-water mark (VmHWM) is reset first, and freed heap memory returned to the
+    system, so that what an earlier model left cached does not hide this one's peak.
+    """
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - before) / 1024.0
+
+
+def paired_memory(fns, reps):
+    """{name: median peak RSS increase (MB)} over `reps` alternating repetitions."""
+    names = list(fns)
+    peaks = {n: [] for n in names}
+    for r in range(reps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            peaks[n].append(peak_rss_mb(fns[n]))
+    row = {}
+    for n, ps in peaks.items():
+        row[n] = {"median_mb": statistics.median(ps), "reps": len(ps)}
+        for ref in ("builtin", "faster"):
+            if ref != n:
+                row[n][f"x_{ref}"] = statistics.median(ps) / statistics.median(peaks[ref])
+    return row
+
+
+# ----------------------------------------------------------------------------- inputs
+def random_image(height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+    return {"image": image.float(), "height": height, "width": width}
+
+
+def tree_inputs(cfg, split, num, is_train):
+    import projects.cascade  # noqa: F401  registers the tree datasets
+
+    dicts = DatasetCatalog.get(split)[:num]
+    mapper = DatasetMapper(cfg, is_train=is_train)
+    torch.manual_seed(0)
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    return [mapper(copy.deepcopy(d)) for d in dicts]
+
+
+def features_and_proposals(model, inputs):
+    """Backbone features and RPN proposals of `model` (a built-in or ours)."""
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+    return images, features, proposals
+
+
+def synthetic_proposals(image_size, num, seed=0):
+    """`num` random boxes 8-160 px wide inside the image, with random objectness."""
+    h, w = image_size
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(num, 2, generator=g) * torch.tensor([w, h])
+    wh = 8 + torch.rand(num, 2, generator=g) * 152
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    p = Instances(image_size)
+    p.proposal_boxes = Boxes(boxes)
+    p.proposal_boxes.clip(image_size)
+    p.objectness_logits = torch.randn(num, generator=g)
+    return p
+
+
+def roi_fn(model, images, features, proposals):
+    def run(_):
+        with torch.no_grad():
+            model.roi_heads(images, features, proposals)
+
+    return run
+
+
+def infer_fn(model, inputs):
+    def run(r):
+        with torch.no_grad():
+            model([inputs[r % len(inputs)]])
+
+    return run
+
+
+def train_fn(model, optimizer, batch):
+    def run(r):
+        torch.manual_seed(r)  # the same proposal sampling for every model
+        with EventStorage():
+            losses = model(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return run
+
+
+# ----------------------------------------------------------------------------- sections
+def section_params_flops(results, name, models, inputs):
+    rows = {}
+    for n, model in models.items():
+        with torch.no_grad():
+            flops = FlopCountAnalysis(model, inputs)
+            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            total = flops.total()
+            by_module = flops.by_module()  # the model is traced inside a wrapper: "model."
+            roi = by_module.get("roi_heads", by_module.get("model.roi_heads", 0))
+        params = parameter_count(model)
+        rows[n] = {
+            "params_M": params[""] / 1e6,
+            "roi_heads_params_M": params["roi_heads"] / 1e6,
+            "gflops": total / 1e9,
+            "roi_heads_gflops": roi / 1e9,
+        }
+    for n in rows:
+        for ref in ("builtin", "faster"):
+            if ref != n:
+                rows[n][f"params_x_{ref}"] = rows[n]["params_M"] / rows[ref]["params_M"]
+                rows[n][f"gflops_x_{ref}"] = rows[n]["gflops"] / rows[ref]["gflops"]
+    results[f"{name}/params_flops"] = rows
+
+
+def run_r50(args, results):
+    size = (128, 160) if args.quick else (800, 1333)
+    overrides = {}
+    if args.quick:
+        overrides = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64}
+    cfgs, models = build_trio(R50_CONFIGS, **overrides)
+    inputs = [random_image(*size)]
+    reps, warm = args.reps, args.warmup
+
+    print(f"R50-FPN, random weights, one {size[0]}x{size[1]} image", flush=True)
+    results["r50/inference"] = summarize(
+        paired_times({n: infer_fn(m, inputs) for n, m in models.items()}, reps, warm)
+    )
+    images, features, _ = features_and_proposals(models["builtin"], inputs)
+    # A randomly initialized RPN keeps almost no proposal (1 on the 800x1333 image), so the
+    # ROI heads get POST_NMS_TOPK_TEST (1000) synthetic ones, as a trained RPN would give.
+    num = 100 if args.quick else cfgs["ours"].MODEL.RPN.POST_NMS_TOPK_TEST
+    proposals = [synthetic_proposals(images.image_sizes[0], num)]
+    results["r50/roi_heads"] = summarize(
+        paired_times(
+            {n: roi_fn(m, images, features, proposals) for n, m in models.items()}, reps, warm
+        )
+    )
+    results["r50/inference_peak_rss"] = paired_memory(
+        {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in models.items()}, args.mem_reps
+    )
+    section_params_flops(results, "r50", models, inputs)
+
+    # TEST_PRUNE_TOPK on the R50 ROI heads (1000 proposals), against Faster R-CNN's.
+    fns = {"faster": roi_fn(models["faster"], images, features, proposals)}
+    for k in PRUNE_KS:
+        pruned = copy.deepcopy(models["ours"])
+        pruned.roi_heads.test_prune_topk = k
+        fns[f"k={k}" if k else "off"] = roi_fn(pruned, images, features, proposals)
+    results["r50/prune_roi_heads"] = {
+        "num_proposals": len(proposals[0]),
+        **summarize(paired_times(fns, args.prune_reps, warm)),
+    }
+
+
+def run_trees(args, results):
+    num_tiles = 2 if args.quick else 10
+    cascade_w = args.cascade_weights if Path(args.cascade_weights).is_file() else None
+    faster_w = args.faster_weights if Path(args.faster_weights).is_file() else None
+    if args.quick and not (cascade_w and faster_w):
+        cascade_w = faster_w = None  # random weights: the quick run checks the plumbing
+    elif not (cascade_w and faster_w):
+        raise FileNotFoundError(
+            f"trained demo weights not found: {args.cascade_weights}, {args.faster_weights}"
+        )
+    cfgs, models = build_trio(TREES_CONFIGS, cascade_w, faster_w)
+    results["trees/weights"] = {"cascade": cascade_w, "faster": faster_w}
+    inputs = tree_inputs(cfgs["ours"], "trees_val", num_tiles, is_train=False)
+    reps, warm = args.reps, args.warmup
+
+    print(f"trees demo, {num_tiles} trees_val tiles", flush=True)
+    results["trees/inference"] = summarize(
+        paired_times({n: infer_fn(m, inputs) for n, m in models.items()}, reps, warm)
+    )
+    results["trees/inference_peak_rss"] = paired_memory(
+        {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in models.items()}, args.mem_reps
+    )
+    section_params_flops(results, "trees", models, inputs[:1])
+
+    # ROI heads alone, on one tile's features: RPN proposals, then N synthetic proposals.
+    images, features, proposals = features_and_proposals(models["builtin"], inputs[:1])
+    results["trees/roi_heads"] = summarize(
+        paired_times(
+            {n: roi_fn(m, images, features, proposals) for n, m in models.items()}, reps, warm
+        )
+    )
+    counts = (50, 100) if args.quick else (250, 500, 1000, 2000)
+    results["trees/roi_heads_by_proposals"] = {}
+    for count in counts:
+        props = [synthetic_proposals(images.image_sizes[0], count)]
+        results["trees/roi_heads_by_proposals"][str(count)] = summarize(
+            paired_times(
+                {n: roi_fn(m, images, features, props) for n, m in models.items()},
+                args.scaling_reps,
+                warm,
+            )
+        )
+    # Stages: random heads (seed 0) on the trained backbone, 1000 synthetic proposals.
+    props = [synthetic_proposals(images.image_sizes[0], counts[-1] if args.quick else 1000)]
+    results["trees/roi_heads_by_stages"] = {}
+    for stages in range(1, 6) if not args.quick else (1, 2):
+        _, staged = build_trio(TREES_CONFIGS, stages=stages)
+        for n in staged:
+            backbone = {k: v for k, v in models[n].state_dict().items() if not k.startswith("roi_")}
+            staged[n].load_state_dict(backbone, strict=False)
+        staged["ours"].load_state_dict(staged["builtin"].state_dict(), strict=True)
+        results["trees/roi_heads_by_stages"][str(stages)] = summarize(
+            paired_times(
+                {n: roi_fn(m, images, features, props) for n, m in staged.items()},
+                args.scaling_reps,
+                warm,
+            )
+        )
+
+    # Training iteration: forward, backward and SGD step on a fixed batch of 4 tiles.
+    batch = tree_inputs(cfgs["ours"], "trees_train", 2 if args.quick else 4, is_train=True)
+    train_models = {n: copy.deepcopy(m).train() for n, m in models.items()}
+    optimizers = {n: build_optimizer(cfgs[n], m) for n, m in train_models.items()}
+    fns = {n: train_fn(m, optimizers[n], batch) for n, m in train_models.items()}
+    print(f"trees demo, training iterations (batch {len(batch)})", flush=True)
+    results["trees/train_iter"] = summarize(paired_times(fns, reps, warm))
+    results["trees/train_peak_rss"] = paired_memory(
+        {n: (lambda f=f: f(0)) for n, f in fns.items()}, args.mem_reps
+    )
+    del train_models, optimizers, fns
+
+    run_prune_trees(args, results, models, inputs)
+
+
+def run_prune_trees(args, results, models, inputs):
+    """TEST_PRUNE_TOPK on trees_val: COCO AP and AP75, and inference time against Faster R-CNN's."""
+    variants = {"faster": models["faster"]}
+    for k in PRUNE_KS:
+        pruned = copy.deepcopy(models["ours"])
+        pruned.roi_heads.test_prune_topk = k
+        variants[f"k={k}" if k else "off"] = pruned
+    accuracy = {}
+    for name, model in variants.items():
+        evaluator = COCOEvaluator("trees_val", output_dir=None, tasks=("bbox",))
+        evaluator.reset()
+        with torch.no_grad():
+            for x in inputs:
+                evaluator.process([x], model([x]))
+        bbox = evaluator.evaluate().get("bbox", {})
+        accuracy[name] = {"AP": bbox.get("AP"), "AP75": bbox.get("AP75")}
+    timing = summarize(
+        paired_times(
+            {n: infer_fn(m, inputs) for n, m in variants.items()}, args.prune_reps, args.warmup
+        )
+    )
+    # The overhead over Faster R-CNN from the paired ratios, which load affects least.
+    overhead_off = timing["off"]["x_faster"] - 1.0
+    for name in variants:
+        timing[name].update(accuracy[name])
+        if name != "faster":
+            overhead = timing[name]["x_faster"] - 1.0
+            timing[name]["overhead_vs_off"] = overhead / overhead_off if overhead_off > 0 else None
+    results["trees/prune"] = {"num_tiles": len(inputs), **timing}
+
+
+# ----------------------------------------------------------------------------- report
+def _fmt(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(results):
+    lines = []
+
+    def table(title, rows, value, unit):
+        lines.append(f"\n{title}\n")
+        lines.append(f"| | ours | builtin | faster | ours / builtin | ours / faster |")
+        lines.append("|---|---|---|---|---|---|")
+        for label, row in rows:
+            lines.append(
+                f"| {label} | {_fmt(row['ours'][value])} {unit} | {_fmt(row['builtin'][value])} "
+                f"{unit} | {_fmt(row['faster'][value])} {unit} | "
+                f"{_fmt(row['ours']['x_builtin'], 3)} | {_fmt(row['ours']['x_faster'], 3)} |"
+            )
+
+    main = [
+        (k, results[k])
+        for k in (
+            "r50/inference", "r50/roi_heads", "trees/inference", "trees/roi_heads",
+            "trees/train_iter",
+        )
+        if k in results
+    ]
+    table("Time (median ms; ratios: median of paired ratios)", main, "median_ms", "ms")
+    mem = [
+        (k, results[k])
+        for k in ("r50/inference_peak_rss", "trees/inference_peak_rss", "trees/train_peak_rss")
+        if k in results
+    ]
+    table("Peak RSS increase (median MB)", mem, "median_mb", "MB")
+    lines.append("\nParameters and FLOPs (fvcore)\n")
+    lines.append("| | model | params (M) | GFLOPs | ROI heads params (M) | ROI heads GFLOPs |")
+    lines.append("|---|---|---|---|---|---|")
+    for setup in ("r50", "trees"):
+        rows = results.get(f"{setup}/params_flops", {})
+        for n, row in rows.items():
+            lines.append(
+                f"| {setup} | {n} | {_fmt(row['params_M'], 2)} | {_fmt(row['gflops'], 2)} | "
+                f"{_fmt(row['roi_heads_params_M'], 2)} | {_fmt(row['roi_heads_gflops'], 2)} |"
+            )
+    for key, label in (
+        ("trees/roi_heads_by_proposals", "proposals"),
+        ("trees/roi_heads_by_stages", "stages"),
+    ):
+        if key in results:
+            table(f"ROI heads by {label} (trees demo, median ms)",
+                  list(results[key].items()), "median_ms", "ms")
+    for key in ("trees/prune", "r50/prune_roi_heads"):
+        if key not in results:
+            continue
+        lines.append(f"\nTEST_PRUNE_TOPK: {key}\n")
+        lines.append("| k | AP | AP75 | ms | x faster | overhead over faster |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, row in results[key].items():
+            if not isinstance(row, dict):
+                continue
+            lines.append(
+                f"| {name} | {_fmt(row.get('AP'))} | {_fmt(row.get('AP75'))} | "
+                f"{_fmt(row['median_ms'])} | {_fmt(row.get('x_faster'), 3)} | "
+                f"{_fmt(row.get('overhead_vs_off'), 2)} |"
+            )
+    return "\n".join(lines)
+
+
+def machine():
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_1_5_15": load,
+    }
+
+
+class _Results(dict):
+    """The results, written to `path` again after every section, so that a long run keeps them."""
+
+    def __init__(self, path, **kwargs):
+        super().__init__(**kwargs)
+        self.path = path
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self, indent=1))
+        print(f"  {key}: done", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
+    parser.add_argument("--output", default="output/benchmarks/results.json")
+    parser.add_argument("--reps", type=int, help="paired repetitions (default 10, quick 2)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("r50", "trees"), help="run one setup")
+    parser.add_argument(
+        "--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth"
+    )
+    parser.add_argument("--faster-weights", default="output/trees/faster_rcnn_seed1/model_final.pth")
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (2 if args.quick else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.scaling_reps = 2 if args.quick else 6
+    args.prune_reps = args.reps
+    args.mem_reps = 1 if args.quick else 3
+
+    setup_logger(name="detectron2", abbrev_name="d2").setLevel("WARNING")
+    torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    results = _Results(out, machine=machine(), quick=args.quick, reps=args.reps)
+    start = time.perf_counter()
+    if args.only in (None, "r50"):
+        run_r50(args, results)
+    if args.only in (None, "trees"):
+        run_trees(args, results)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["wall_s"] = time.perf_counter() - start
+    report = markdown(results)
+    print(report)
+    results["report"] = report
+    print(f"\nwrote {out} ({results['wall_s']:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

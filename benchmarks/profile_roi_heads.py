@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""
+torch.profiler of the ROI heads alone (ours vs detectron2's built-in cascade), same weights,
+fixed features and proposals of the trees demo (or random R50 weights with --r50):
+
+    .venv/bin/python benchmarks/profile_roi_heads.py [--r50] [--reps 10]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_cascade import (  # noqa: E402
+    R50_CONFIGS, TREES_CONFIGS, build_trio, features_and_proposals, random_image, tree_inputs,
+)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--r50", action="store_true")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth")
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.r50:
+        cfgs, models = build_trio(R50_CONFIGS)
+        inputs = [random_image(800, 1333)]
+    else:
+        weights = args.cascade_weights if Path(args.cascade_weights).is_file() else None
+        cfgs, models = build_trio(TREES_CONFIGS, weights)
+        inputs = tree_inputs(cfgs["ours"], "trees_val", 1, is_train=False)
+    images, features, proposals = features_and_proposals(models["builtin"], inputs)
+    for name in ("ours", "builtin"):
+        heads = models[name].roi_heads
+        with torch.no_grad():
+            for _ in range(2):
+                heads(images, features, proposals)
+            with profile(activities=[ProfilerActivity.CPU], with_stack=False) as prof:
+                for _ in range(args.reps):
+                    heads(images, features, proposals)
+        print(f"\n=== {name} ({len(proposals[0])} proposals, {args.reps} calls)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""benchmarks/benchmark_cascade.py runs end to end (--quick) and writes its JSON; no timing is checked."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+MODELS = {"ours", "builtin", "faster"}
+
+
+def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/benchmark_cascade.py", "--quick", "--output", str(out),
+         "--cascade-weights", "", "--faster-weights", ""],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| r50/inference |" in proc.stdout
+    results = json.loads(out.read_text())
+
+    assert results["quick"] is True
+    assert {"cpu", "torch_threads", "loadavg_1_5_15"} <= results["machine"].keys()
+    for key in ("r50/inference", "r50/roi_heads", "trees/inference", "trees/roi_heads",
+                "trees/train_iter"):
+        assert results[key].keys() == MODELS, key
+        assert results[key]["ours"]["median_ms"] > 0
+        assert {"x_builtin", "x_faster"} <= results[key]["ours"].keys()
+    for key in ("r50/inference_peak_rss", "trees/inference_peak_rss", "trees/train_peak_rss"):
+        assert results[key].keys() == MODELS, key
+        assert "median_mb" in results[key]["ours"]
+    for setup in ("r50", "trees"):
+        flops = results[f"{setup}/params_flops"]
+        assert flops.keys() == MODELS
+        # Same weights: ours and the built-in have the same parameters and FLOPs.
+        assert flops["ours"]["params_M"] == flops["builtin"]["params_M"]
+        assert flops["ours"]["roi_heads_params_M"] > flops["faster"]["roi_heads_params_M"]
+        assert flops["ours"]["gflops"] > 0
+    for key in ("trees/roi_heads_by_proposals", "trees/roi_heads_by_stages"):
+        assert len(results[key]) >= 2
+        assert all(row.keys() == MODELS for row in results[key].values())
+    prune = results["trees/prune"]
+    assert {"faster", "off", "k=100", "k=500"} <= prune.keys()
+    assert {"AP", "AP75", "median_ms", "x_faster", "overhead_vs_off"} <= prune["k=100"].keys()
+    assert {"faster", "off", "k=100"} <= results["r50/prune_roi_heads"].keys()
