@@ -34,8 +34,10 @@ class _Stage(NamedTuple):
 
     predictions: Tuple[torch.Tensor, torch.Tensor]  # class logits, box deltas
     proposals: List[Instances]  # its input boxes, per image
-    boxes: List[torch.Tensor]  # the boxes it regressed, per image (one per class if class-specific)
-    refined: List[torch.Tensor]  # the one box per row it hands to the next stage
+    # The boxes it regressed, per image (one per class if class-specific), and the one box
+    # per row it hands to the next stage; None for the last stage in training.
+    boxes: Optional[List[torch.Tensor]]
+    refined: Optional[List[torch.Tensor]]
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -219,8 +221,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         stages = self._run_stages(features, proposals, num_stages, targets)
         if self.training:
             return self._stage_losses(stages), [s.proposals for s in stages]
-        instances, _ = self._detect(features, stages, self.test_score)
-        return instances
+        return self._detect(features, stages, self.test_score)
 
     @torch.no_grad()
     def inference_by_stage(
@@ -241,18 +242,19 @@ class CascadeRCNNROIHeads(StandardROIHeads):
                 TEST_SCORE `ensemble_score`). They come out of the same code as a
                 run with those settings, so they are the same detections.
         """
-        assert not self.training, "inference_by_stage is for test time"
+        if self.training:
+            raise RuntimeError("inference_by_stage is for test time: call .eval() first.")
         box_features = [features[f] for f in self.box_in_features]
         stages = self._run_stages(box_features, proposals, self.num_test_stages)
-        detections, rows = self._detect(box_features, stages, self.test_score)
+        detections, rows = self._detect(box_features, stages, self.test_score, with_rows=True)
         for image, (instances, rows_per_image) in enumerate(zip(detections, rows)):
             instances.stage_boxes = self._stage_boxes_of(stages, image, rows_per_image, instances)
         detections = self.forward_with_given_boxes(features, detections)
         sets = {}
         for k in range(1, len(stages) + 1):
-            sets[str(k)] = self._detect(box_features, stages[:k], "last")[0]
+            sets[str(k)] = self._detect(box_features, stages[:k], "last")
         for k in range(2, len(stages) + 1):
-            sets[f"1~{k}"] = self._detect(box_features, stages[:k], self.ensemble_score)[0]
+            sets[f"1~{k}"] = self._detect(box_features, stages[:k], self.ensemble_score)
         return detections, sets
 
     @property
@@ -286,6 +288,10 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             if k > 0:
                 proposals = self._next_stage_proposals(stages[-1].refined, proposals, k, targets)
             predictions = self._run_stage(features, proposals, k)
+            if self.training and k == num_stages - 1:
+                # The last stage's boxes feed no stage and no detection in training.
+                stages.append(_Stage(predictions, proposals, None, None))
+                break
             boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             refined = self._boxes_for_next_stage(boxes, predictions, proposals)
             stages.append(_Stage(predictions, proposals, boxes, refined))
@@ -322,10 +328,10 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             refined=refined,
         )
 
-    def _detect(self, features, stages, test_score):
+    def _detect(self, features, stages, test_score, with_rows=False):
         """
-        Detections from the boxes of the last of `stages`, scored as `test_score` says,
-        and per image the row (input box) that each detection comes from.
+        Detections from the boxes of the last of `stages`, scored as `test_score` says.
+        With `with_rows`, also per image the row (input box) that each detection comes from.
         """
         boxes = stages[-1].boxes
         scores = self._test_scores(features, stages, test_score)
@@ -338,6 +344,8 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             last.test_nms_thresh,
             last.test_topk_per_image,
         )
+        if not with_rows:
+            return instances
         # fast_rcnn_inference numbers the rows after dropping those with non-finite boxes
         # or scores; number them as the stages do.
         rows = [
