@@ -66,3 +66,25 @@ def synthetic_batch(num_classes=3, with_masks=False, seed=0, sizes=((128, 160), 
             inst.gt_masks = BitMasks(masks)
         batch.append({"image": image, "height": h, "width": w, "instances": inst})
     return batch
+
+
+def assert_same_detections(expected, got, masks=False):
+    """Two models' outputs for the same batch hold bit-identical detections."""
+    assert sum(len(r["instances"]) for r in expected) > 0, "the test needs some detections"
+    for e, g in zip(expected, got):
+        e, g = e["instances"], g["instances"]
+        assert e.image_size == g.image_size
+        assert torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor)
+        assert torch.equal(e.scores, g.scores)
+        assert torch.equal(e.pred_classes, g.pred_classes)
+        if masks:
+            assert torch.equal(e.pred_masks, g.pred_masks)
+
+
+def features_and_proposals(model, batch):
+    """The backbone features and RPN proposals that `model` computes for `batch`."""
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+    return images, features, proposals

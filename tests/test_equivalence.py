@@ -4,7 +4,7 @@ import torch
 
 from detectron2.utils.events import EventStorage
 
-from tests.common import build, synthetic_batch, tiny_cfg
+from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 
 def _pair(stages, mask):
@@ -25,14 +25,7 @@ def test_same_detections(stages, mask):
     with torch.no_grad():
         expected = reference(batch)
         got = ours(batch)
-    assert sum(len(r["instances"]) for r in expected) > 0, "the test needs some detections"
-    for e, g in zip(expected, got):
-        e, g = e["instances"], g["instances"]
-        assert torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor)
-        assert torch.equal(e.scores, g.scores)
-        assert torch.equal(e.pred_classes, g.pred_classes)
-        if mask:
-            assert torch.equal(e.pred_masks, g.pred_masks)
+    assert_same_detections(expected, got, masks=mask)
 
 
 @pytest.mark.parametrize("stages", [3, 4])

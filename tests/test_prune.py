@@ -5,7 +5,7 @@ import torch
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from tests.common import build, synthetic_batch, tiny_cfg
+from tests.common import assert_same_detections, build, features_and_proposals, synthetic_batch, tiny_cfg
 
 
 def _model(k, test_score="mean"):
@@ -13,14 +13,6 @@ def _model(k, test_score="mean"):
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = k
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SCORE = test_score
     return build(cfg, seed=0).eval()
-
-
-def _features_and_proposals(model, batch):
-    with torch.no_grad():
-        images = model.preprocess_image(batch)
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
-    return images, features, proposals
 
 
 def _top_rows(heads, features, proposals, k):
@@ -38,12 +30,7 @@ def test_k_at_least_the_proposals_changes_nothing(k, test_score):
     off, pruned = _model(0, test_score), _model(k, test_score)  # 64 = RPN POST_NMS_TOPK_TEST
     with torch.no_grad():
         expected, got = off(batch), pruned(batch)
-    assert sum(len(r["instances"]) for r in expected) > 0
-    for e, g in zip(expected, got):
-        e, g = e["instances"], g["instances"]
-        assert torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor)
-        assert torch.equal(e.scores, g.scores)
-        assert torch.equal(e.pred_classes, g.pred_classes)
+    assert_same_detections(expected, got)
 
 
 @pytest.mark.parametrize("test_score", ["mean", "mean_on_final", "last"])
@@ -52,7 +39,7 @@ def test_later_stages_run_on_exactly_the_top_k_rows(test_score):
     model = _model(k, test_score)
     heads = model.roi_heads
     batch = synthetic_batch()
-    images, features, proposals = _features_and_proposals(model, batch)
+    images, features, proposals = features_and_proposals(model, batch)
     assert all(len(p) > k for p in proposals), "the test needs more than k proposals"
     box_features = [features[f] for f in heads.box_in_features]
     with torch.no_grad():

@@ -21,7 +21,7 @@ from projects.cascade.stage_evaluation import (
     check_stage_eval_config,
 )
 from projects.cascade.stage_outputs import STAGES_KEY, CascadeStageOutputs
-from tests.common import build, synthetic_batch, tiny_cfg
+from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 SIZES = ((128, 160), (96, 128), (112, 112))
 UPSCALE = 1.5  # the "original" images are larger than the network's input
@@ -163,17 +163,10 @@ def test_outputs_are_the_model_own(mask):
     inputs = _inputs(with_masks=mask)
     with torch.no_grad():
         expected, got = model(inputs), CascadeStageOutputs(model)(inputs)
-    assert sum(len(e["instances"]) for e in expected) > 0
-    for e, g in zip(expected, got):
-        e, g = e["instances"], g["instances"]
-        assert e.image_size == g.image_size
-        assert torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor)
-        assert torch.equal(e.scores, g.scores)
-        assert torch.equal(e.pred_classes, g.pred_classes)
-        if mask:
-            assert torch.equal(e.pred_masks, g.pred_masks)
+    assert_same_detections(expected, got, masks=mask)
+    for g in got:
         # stage_boxes are rescaled with the boxes: the last stage's box is the detection's.
-        torch.testing.assert_close(g.stage_boxes[:, -1], g.pred_boxes.tensor)
+        torch.testing.assert_close(g["instances"].stage_boxes[:, -1], g["instances"].pred_boxes.tensor)
 
 
 # ----------------------------------------------------------------- stage_boxes
