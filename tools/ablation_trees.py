@@ -50,8 +50,10 @@ VARIANTS = {
         KEY + "BBOX_REG_WEIGHTS", "((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15), (40, 40, 20, 20))",
         KEY + "STAGE_LOSS_WEIGHTS", "(1.0, 1.0, 1.0, 1.0)"]),
 }
+# Checks the pipeline, not the numbers: few iterations and few boxes per image.
 QUICK = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
-         "DATALOADER.NUM_WORKERS", "0"]
+         "DATALOADER.NUM_WORKERS", "0", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+         "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"]
 METRICS = ("AP", "AP50", "AP75", "AP90")
 
 
@@ -89,13 +91,14 @@ def evaluate(cfg, weights, dataset):
     return {m: result["bbox"][m] for m in METRICS}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 training iterations per variant")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 training iterations per variant, 50 proposals per test image")
     parser.add_argument("--seed", type=int, default=1, help="the demo's seed")
     parser.add_argument("--output", default=str(REPO / "output" / "trees" / "ablation"))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     output = Path(args.output)
     extra = QUICK if args.quick else []
 
