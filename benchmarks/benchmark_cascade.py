@@ -130,7 +130,10 @@ def paired_times(fns, reps, warmup):
 
 
 def summarize(times, unit=1000.0):
-    """Median per name, in ms, and the median paired ratio to builtin and to faster."""
+    """
+    Median per name, in ms, and the median paired ratio to builtin and to faster, with the
+    quartiles of the paired ratios: the spread that load and noise give the ratio.
+    """
     row = {}
     for n, ts in times.items():
         row[n] = {"median_ms": statistics.median(ts) * unit, "reps": len(ts)}
@@ -138,6 +141,9 @@ def summarize(times, unit=1000.0):
             if ref in times and ref != n:
                 ratios = [a / b for a, b in zip(ts, times[ref])]
                 row[n][f"x_{ref}"] = statistics.median(ratios)
+                if len(ratios) >= 4:
+                    q1, _, q3 = statistics.quantiles(ratios, n=4)
+                    row[n][f"x_{ref}_quartiles"] = (q1, q3)
     return row
 
 
@@ -320,12 +326,12 @@ def run_r50(args, results):
         fns[f"k={k}" if k else "off"] = roi_fn(pruned, images, features, proposals)
     results["r50/prune_roi_heads"] = {
         "num_proposals": len(proposals[0]),
-        **summarize(paired_times(fns, args.prune_reps, warm)),
+        **summarize(paired_times(fns, reps, warm)),
     }
 
 
-def run_trees(args, results):
-    num_tiles = 2 if args.quick else 10
+def trees_models(args, results):
+    """The trio with the trained demo weights (random ones for a quick run without them)."""
     cascade_w = args.cascade_weights if Path(args.cascade_weights).is_file() else None
     faster_w = args.faster_weights if Path(args.faster_weights).is_file() else None
     if args.quick and not (cascade_w and faster_w):
@@ -334,10 +340,15 @@ def run_trees(args, results):
         raise FileNotFoundError(
             f"trained demo weights not found: {args.cascade_weights}, {args.faster_weights}"
         )
-    cfgs, models = build_trio(TREES_CONFIGS, cascade_w, faster_w)
     results["trees/weights"] = {"cascade": cascade_w, "faster": faster_w}
+    return build_trio(TREES_CONFIGS, cascade_w, faster_w)
+
+
+def run_trees(args, results):
+    num_tiles = 2 if args.quick else 10
+    cfgs, models = trees_models(args, results)
     inputs = tree_inputs(cfgs["ours"], "trees_val", num_tiles, is_train=False)
-    reps, warm = args.reps, args.warmup
+    reps, warm = args.fast_reps, args.warmup
 
     print(f"trees demo, {num_tiles} trees_val tiles", flush=True)
     results["trees/inference"] = summarize(
@@ -383,19 +394,21 @@ def run_trees(args, results):
             )
         )
 
-    # Training iteration: forward, backward and SGD step on a fixed batch of 4 tiles.
+    run_trees_train(args, results, cfgs, models)
+    run_prune_trees(args, results, models, inputs)
+
+
+def run_trees_train(args, results, cfgs, models):
+    """Training iteration: forward, backward and SGD step on a fixed batch of 4 tiles."""
     batch = tree_inputs(cfgs["ours"], "trees_train", 2 if args.quick else 4, is_train=True)
     train_models = {n: copy.deepcopy(m).train() for n, m in models.items()}
     optimizers = {n: build_optimizer(cfgs[n], m) for n, m in train_models.items()}
     fns = {n: train_fn(m, optimizers[n], batch) for n, m in train_models.items()}
     print(f"trees demo, training iterations (batch {len(batch)})", flush=True)
-    results["trees/train_iter"] = summarize(paired_times(fns, reps, warm))
+    results["trees/train_iter"] = summarize(paired_times(fns, args.train_reps, args.warmup))
     results["trees/train_peak_rss"] = paired_memory(
         {n: (lambda f=f: f(0)) for n, f in fns.items()}, args.mem_reps
     )
-    del train_models, optimizers, fns
-
-    run_prune_trees(args, results, models, inputs)
 
 
 def run_prune_trees(args, results, models, inputs):
@@ -416,7 +429,7 @@ def run_prune_trees(args, results, models, inputs):
         accuracy[name] = {"AP": bbox.get("AP"), "AP75": bbox.get("AP75")}
     timing = summarize(
         paired_times(
-            {n: infer_fn(m, inputs) for n, m in variants.items()}, args.prune_reps, args.warmup
+            {n: infer_fn(m, inputs) for n, m in variants.items()}, args.fast_reps, args.warmup
         )
     )
     # The overhead over Faster R-CNN from the paired ratios, which load affects least.
@@ -434,6 +447,15 @@ def _fmt(v, digits=1):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _ratio(row, ref):
+    """The median paired ratio, with its quartiles where measured."""
+    text = _fmt(row[f"x_{ref}"], 3)
+    if f"x_{ref}_quartiles" in row:
+        q1, q3 = row[f"x_{ref}_quartiles"]
+        text += f" ({q1:.3f}-{q3:.3f})"
+    return text
+
+
 def markdown(results):
     lines = []
 
@@ -445,7 +467,7 @@ def markdown(results):
             lines.append(
                 f"| {label} | {_fmt(row['ours'][value])} {unit} | {_fmt(row['builtin'][value])} "
                 f"{unit} | {_fmt(row['faster'][value])} {unit} | "
-                f"{_fmt(row['ours']['x_builtin'], 3)} | {_fmt(row['ours']['x_faster'], 3)} |"
+                f"{_ratio(row['ours'], 'builtin')} | {_ratio(row['ours'], 'faster')} |"
             )
 
     main = [
@@ -533,10 +555,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
     parser.add_argument("--output", default="output/benchmarks/results.json")
-    parser.add_argument("--reps", type=int, help="paired repetitions (default 10, quick 2)")
+    parser.add_argument("--reps", type=int,
+                        help="paired repetitions of the R50 setup (default 10, quick 2)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("r50", "trees"), help="run one setup")
+    parser.add_argument("--only", choices=("r50", "trees", "trees-train"),
+                        help="run one setup, or only the trees' training iterations")
+    parser.add_argument("--train-reps", type=int,
+                        help="paired training iterations of the trees setup (default 20)")
     parser.add_argument(
         "--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth"
     )
@@ -544,9 +570,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.reps = args.reps or (2 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    args.scaling_reps = 2 if args.quick else 6
-    args.prune_reps = args.reps
-    args.mem_reps = 1 if args.quick else 3
+    # The trees setup's inference and ROI-head steps take 0.1-0.3 s: many more pairs
+    # narrow the ratios' spread at little cost.
+    args.fast_reps = 2 if args.quick else 30
+    args.scaling_reps = 2 if args.quick else 20
+    args.train_reps = args.train_reps or (2 if args.quick else 20)
+    args.mem_reps = 1 if args.quick else 5
 
     setup_logger(name="detectron2", abbrev_name="d2").setLevel("WARNING")
     torch.set_num_threads(args.threads)
@@ -557,6 +586,8 @@ def main(argv=None):
         run_r50(args, results)
     if args.only in (None, "trees"):
         run_trees(args, results)
+    if args.only == "trees-train":
+        run_trees_train(args, results, *trees_models(args, results))
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["wall_s"] = time.perf_counter() - start
     report = markdown(results)
