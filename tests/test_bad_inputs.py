@@ -81,6 +81,9 @@ def test_num_gpus_without_gpus(monkeypatch):
     check_launch(_args(2), cpu_cfg)  # the CPU path
     with pytest.raises(ConfigError, match="IMS_PER_BATCH = 4 does not divide among 3"):
         check_launch(_args(3), cpu_cfg)
+    amp_cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True"])
+    with pytest.raises(ConfigError, match="SOLVER.AMP.ENABLED True needs MODEL.DEVICE cuda"):
+        check_launch(_args(1), amp_cfg)
     # CPU processes next to GPUs: detectron2's launch would pick NCCL for CPU tensors.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES="):

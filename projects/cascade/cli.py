@@ -71,6 +71,13 @@ def check_launch(args, cfg):
             "launch would pick the NCCL backend, which cannot reduce CPU tensors. Hide the "
             "GPUs (CUDA_VISIBLE_DEVICES=) so that it picks gloo."
         )
+    if cfg.SOLVER.AMP.ENABLED and device != "cuda":
+        # detectron2's AMPTrainer asserts CUDA in every step and uses CUDA's GradScaler.
+        raise ConfigError(
+            f"SOLVER.AMP.ENABLED True needs MODEL.DEVICE cuda (detectron2's AMPTrainer runs "
+            f"only on GPUs), but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}. Set "
+            "SOLVER.AMP.ENABLED False to train on the CPU."
+        )
     if cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} does not divide among "
