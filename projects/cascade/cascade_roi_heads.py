@@ -27,6 +27,7 @@ from .config import (
     cascade_test_settings,
 )
 from .mask_per_stage import MaskHeadPerStage
+from .threaded_pooler import ThreadedROIPooler
 
 
 class _Stage(NamedTuple):
@@ -143,7 +144,8 @@ class CascadeRCNNROIHeads(StandardROIHeads):
                 f"{sorted(channels)}; the shared box pooler needs one."
             )
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        box_pooler = ROIPooler(
+        # Every stage pools again, so pooling is where the cascade's extra time goes.
+        box_pooler = ThreadedROIPooler(
             output_size=resolution,
             scales=tuple(1.0 / input_shape[f].stride for f in in_features),
             sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,

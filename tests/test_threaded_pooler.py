@@ -1,0 +1,91 @@
+"""ThreadedROIPooler pools and back-propagates bit for bit as detectron2's ROIPooler."""
+import pytest
+import torch
+
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
+
+from projects.cascade.threaded_pooler import ThreadedROIPooler
+
+FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+
+
+def _poolers(scales):
+    args = dict(output_size=7, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2")
+    return ROIPooler(**args), ThreadedROIPooler(**args)
+
+
+def _features(scales, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(2, 8, int(160 * s), int(192 * s), generator=g).requires_grad_()
+        for s in scales
+    ]
+
+
+def _boxes(n, seed, max_size=120.0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([150.0, 120.0])
+    wh = 2 + torch.rand(n, 2, generator=g) * max_size
+    return Boxes(torch.cat([xy, xy + wh], dim=1))
+
+
+@pytest.mark.parametrize("num_threads", [2, 3])
+@pytest.mark.parametrize("scales", [FPN_SCALES, (1 / 8,)])
+def test_same_features_and_gradients(scales, num_threads, split_calls, set_threads):
+    set_threads(num_threads)
+    reference, threaded = _poolers(scales)
+    features = _features(scales)
+    # Boxes of at most 60 pixels never reach the coarsest FPN level: a level with no box.
+    box_lists = [_boxes(41, seed=1, max_size=60.0), _boxes(1, seed=2, max_size=60.0)]
+    expected = reference(features, box_lists)
+    got = threaded(features, box_lists)
+    assert split_calls, "the boxes were not split among threads"
+    assert torch.equal(expected, got)
+
+    upstream = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, features, upstream, allow_unused=True)
+    got_grads = torch.autograd.grad(got, features, upstream, allow_unused=True)
+    for level, (e, g) in enumerate(zip(expected_grads, got_grads)):
+        if e is None or g is None:  # a level with no box gets no gradient
+            assert g is None or not g.any(), level
+            assert e is None or not e.any(), level
+        else:
+            assert torch.equal(e, g), level
+
+
+def test_one_thread_is_roi_pooler(split_calls, set_threads):
+    set_threads(1)
+    reference, threaded = _poolers(FPN_SCALES)
+    features, box_lists = _features(FPN_SCALES), [_boxes(20, 1), _boxes(5, 2)]
+    assert torch.equal(reference(features, box_lists), threaded(features, box_lists))
+    assert not split_calls
+
+
+def test_autocast_is_roi_pooler(split_calls, set_threads):
+    """Autocast is thread-local, so under it the pooler must not split."""
+    set_threads(2)
+    reference, threaded = _poolers(FPN_SCALES)
+    features = [f.detach().bfloat16() for f in _features(FPN_SCALES)]
+    box_lists = [_boxes(20, 1), _boxes(5, 2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference(features, box_lists)
+        got = threaded(features, box_lists)
+    assert not split_calls
+    assert got.dtype == expected.dtype
+    assert torch.equal(expected, got)
+
+
+def test_traced_pooler_generalizes(split_calls, set_threads):
+    """Tracing (as export does) sees only the calling thread, so it records ROIPooler's ops."""
+    set_threads(2)
+    reference, threaded = _poolers(FPN_SCALES)
+    features = [f.detach()[:1] for f in _features(FPN_SCALES)]  # one image
+
+    def pool(module):
+        return lambda boxes, *feats: module(list(feats), [Boxes(boxes)])
+
+    traced = torch.jit.trace(pool(threaded), (_boxes(30, 1).tensor, *features), check_trace=False)
+    assert not split_calls
+    other_boxes = _boxes(17, 5).tensor
+    assert torch.equal(traced(other_boxes, *features), pool(reference)(other_boxes, *features))
