@@ -4,7 +4,9 @@ Speed, memory, parameters and FLOPs of the cascade's ROI heads, all in one proce
 
 - ours: `CascadeRCNNROIHeads` (this project);
 - builtin: detectron2's `CascadeROIHeads`, with the same weights as ours;
-- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN.
+- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN;
+- ours_roipooler (one table): ours with detectron2's `ROIPooler` instead of ours, to show
+  what `ThreadedROIPooler` gains.
 
 Every time is the median of paired repetitions (ours, builtin, faster, then the reverse
 order, ...) after warm-up, on the CPU with 2 threads; each ratio is the median of the
@@ -37,6 +39,7 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.data.dataset_mapper import DatasetMapper  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling.poolers import ROIPooler  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis, parameter_count  # noqa: E402
@@ -296,6 +299,8 @@ def run_r50(args, results):
     if args.quick:
         overrides = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64}
     cfgs, models = build_trio(R50_CONFIGS, **overrides)
+    for model in models.values():
+        propose_anchors(model)
     inputs = [random_image(*size)]
     reps, warm = args.reps, args.warmup
 
@@ -303,11 +308,8 @@ def run_r50(args, results):
     results["r50/inference"] = summarize(
         paired_times({n: infer_fn(m, inputs) for n, m in models.items()}, reps, warm)
     )
-    images, features, _ = features_and_proposals(models["builtin"], inputs)
-    # A randomly initialized RPN keeps almost no proposal (1 on the 800x1333 image), so the
-    # ROI heads get POST_NMS_TOPK_TEST (1000) synthetic ones, as a trained RPN would give.
-    num = 100 if args.quick else cfgs["ours"].MODEL.RPN.POST_NMS_TOPK_TEST
-    proposals = [synthetic_proposals(images.image_sizes[0], num)]
+    images, features, proposals = features_and_proposals(models["builtin"], inputs)
+    results["r50/num_proposals"] = len(proposals[0])
     results["r50/roi_heads"] = summarize(
         paired_times(
             {n: roi_fn(m, images, features, proposals) for n, m in models.items()}, reps, warm
@@ -319,15 +321,35 @@ def run_r50(args, results):
     section_params_flops(results, "r50", models, inputs)
 
     # TEST_PRUNE_TOPK on the R50 ROI heads (1000 proposals), against Faster R-CNN's.
-    fns = {"faster": roi_fn(models["faster"], images, features, proposals)}
+    fns = {n: roi_fn(models[n], images, features, proposals) for n in ("faster", "builtin")}
     for k in PRUNE_KS:
         pruned = copy.deepcopy(models["ours"])
         pruned.roi_heads.test_prune_topk = k
         fns[f"k={k}" if k else "off"] = roi_fn(pruned, images, features, proposals)
-    results["r50/prune_roi_heads"] = {
-        "num_proposals": len(proposals[0]),
-        **summarize(paired_times(fns, reps, warm)),
-    }
+    timing = summarize(paired_times(fns, reps, warm))
+    add_overheads(timing)
+    results["r50/prune_roi_heads"] = {"num_proposals": len(proposals[0]), **timing}
+
+
+def propose_anchors(model):
+    """
+    A random R50 (FrozenBN, nothing pre-trained) has features in the thousands: its RPN's box
+    deltas send every anchor to the whole image and NMS keeps one box, so the ROI heads
+    would idle. With the delta layer zeroed the RPN proposes its anchors, ranked by its
+    random objectness, and keeps POST_NMS_TOPK_TEST (1000), the load a trained RPN gives.
+    """
+    deltas = model.proposal_generator.rpn_head.anchor_deltas
+    with torch.no_grad():
+        deltas.weight.zero_()
+        deltas.bias.zero_()
+
+
+def with_detectron2_pooler(model):
+    """A copy of ours whose box pooler is detectron2's ROIPooler, the one the built-in uses."""
+    copied = copy.deepcopy(model)
+    # ThreadedROIPooler only overrides forward: as an ROIPooler, the same object is the original.
+    copied.roi_heads.box_pooler.__class__ = ROIPooler
+    return copied
 
 
 def trees_models(args, results):
@@ -364,6 +386,14 @@ def run_trees(args, results):
     results["trees/roi_heads"] = summarize(
         paired_times(
             {n: roi_fn(m, images, features, proposals) for n, m in models.items()}, reps, warm
+        )
+    )
+    # Where ours gains: the same heads, with ThreadedROIPooler and with detectron2's ROIPooler.
+    poolers = {"ours": models["ours"], "ours_roipooler": with_detectron2_pooler(models["ours"]),
+               "builtin": models["builtin"]}
+    results["trees/roi_heads_pooler"] = summarize(
+        paired_times(
+            {n: roi_fn(m, images, features, proposals) for n, m in poolers.items()}, reps, warm
         )
     )
     counts = (50, 100) if args.quick else (250, 500, 1000, 2000)
@@ -413,7 +443,7 @@ def run_trees_train(args, results, cfgs, models):
 
 def run_prune_trees(args, results, models, inputs):
     """TEST_PRUNE_TOPK on trees_val: COCO AP and AP75, and inference time against Faster R-CNN's."""
-    variants = {"faster": models["faster"]}
+    variants = {"faster": models["faster"], "builtin": models["builtin"]}
     for k in PRUNE_KS:
         pruned = copy.deepcopy(models["ours"])
         pruned.roi_heads.test_prune_topk = k
@@ -432,14 +462,24 @@ def run_prune_trees(args, results, models, inputs):
             {n: infer_fn(m, inputs) for n, m in variants.items()}, args.fast_reps, args.warmup
         )
     )
-    # The overhead over Faster R-CNN from the paired ratios, which load affects least.
-    overhead_off = timing["off"]["x_faster"] - 1.0
     for name in variants:
         timing[name].update(accuracy[name])
-        if name != "faster":
-            overhead = timing[name]["x_faster"] - 1.0
-            timing[name]["overhead_vs_off"] = overhead / overhead_off if overhead_off > 0 else None
+    add_overheads(timing)
     results["trees/prune"] = {"num_tiles": len(inputs), **timing}
+
+
+def add_overheads(timing):
+    """
+    Each cascade's overhead over Faster R-CNN (time ratio - 1, from the paired ratios, which
+    load affects least) relative to ours with pruning off, and to the built-in's.
+    """
+    for name, row in timing.items():
+        if name == "faster":
+            continue
+        for ref, key in (("off", "overhead_vs_off"), ("builtin", "overhead_vs_builtin")):
+            ref_overhead = timing[ref]["x_faster"] - 1.0
+            overhead = row["x_faster"] - 1.0
+            row[key] = overhead / ref_overhead if ref_overhead > 0 else None
 
 
 # ----------------------------------------------------------------------------- report
@@ -495,6 +535,13 @@ def markdown(results):
                 f"| {setup} | {n} | {_fmt(row['params_M'], 2)} | {_fmt(row['gflops'], 2)} | "
                 f"{_fmt(row['roi_heads_params_M'], 2)} | {_fmt(row['roi_heads_gflops'], 2)} |"
             )
+    if "trees/roi_heads_pooler" in results:
+        lines.append("\nROI heads by pooler (trees demo, RPN proposals)\n")
+        lines.append("| | median ms | x builtin |")
+        lines.append("|---|---|---|")
+        for n, row in results["trees/roi_heads_pooler"].items():
+            ratio = _ratio(row, "builtin") if "x_builtin" in row else "1"
+            lines.append(f"| {n} | {_fmt(row['median_ms'])} | {ratio} |")
     for key, label in (
         ("trees/roi_heads_by_proposals", "proposals"),
         ("trees/roi_heads_by_stages", "stages"),
@@ -506,15 +553,16 @@ def markdown(results):
         if key not in results:
             continue
         lines.append(f"\nTEST_PRUNE_TOPK: {key}\n")
-        lines.append("| k | AP | AP75 | ms | x faster | overhead over faster |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| k | AP | AP75 | ms | x faster | overhead vs off | overhead vs builtin |")
+        lines.append("|---|---|---|---|---|---|---|")
         for name, row in results[key].items():
             if not isinstance(row, dict):
                 continue
             lines.append(
                 f"| {name} | {_fmt(row.get('AP'))} | {_fmt(row.get('AP75'))} | "
                 f"{_fmt(row['median_ms'])} | {_fmt(row.get('x_faster'), 3)} | "
-                f"{_fmt(row.get('overhead_vs_off'), 2)} |"
+                f"{_fmt(row.get('overhead_vs_off'), 2)} | "
+                f"{_fmt(row.get('overhead_vs_builtin'), 2)} |"
             )
     return "\n".join(lines)
 

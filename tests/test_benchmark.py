@@ -39,7 +39,13 @@ def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
     for key in ("trees/roi_heads_by_proposals", "trees/roi_heads_by_stages"):
         assert len(results[key]) >= 2
         assert all(row.keys() == MODELS for row in results[key].values())
+    # The random R50's RPN, its box deltas zeroed, gives the ROI heads more than one box.
+    assert results["r50/num_proposals"] > 1
+    pooler = results["trees/roi_heads_pooler"]
+    assert pooler.keys() == {"ours", "ours_roipooler", "builtin"}
+    assert pooler["ours_roipooler"]["x_builtin"] > 0
     prune = results["trees/prune"]
-    assert {"faster", "off", "k=100", "k=500"} <= prune.keys()
-    assert {"AP", "AP75", "median_ms", "x_faster", "overhead_vs_off"} <= prune["k=100"].keys()
-    assert {"faster", "off", "k=100"} <= results["r50/prune_roi_heads"].keys()
+    assert {"faster", "builtin", "off", "k=100", "k=500"} <= prune.keys()
+    assert {"AP", "AP75", "median_ms", "x_faster", "overhead_vs_off",
+            "overhead_vs_builtin"} <= prune["k=100"].keys()
+    assert {"faster", "builtin", "off", "k=100"} <= results["r50/prune_roi_heads"].keys()

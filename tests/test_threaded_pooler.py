@@ -5,6 +5,7 @@ import torch
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
+from projects.cascade import threaded_pooler
 from projects.cascade.threaded_pooler import ThreadedROIPooler
 
 FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -89,3 +90,14 @@ def test_traced_pooler_generalizes(split_calls, set_threads):
     assert not split_calls
     other_boxes = _boxes(17, 5).tensor
     assert torch.equal(traced(other_boxes, *features), pool(reference)(other_boxes, *features))
+
+
+def test_workers_run_one_openmp_thread(set_threads):
+    """
+    Workers with OpenMP teams of their own would leave more OpenMP threads than cores, and
+    OpenMP then slows every thread of the process; the calling thread keeps its count.
+    """
+    set_threads(2)
+    workers = threaded_pooler._worker_pool(2)
+    assert {workers.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
+    assert torch.get_num_threads() == 2

@@ -83,11 +83,12 @@ class _ThreadedRoIAlign(torch.autograd.Function):
                     )
 
             parts = _contiguous_parts(len(inds), torch.get_num_threads())
-            # The calling thread pools the last part while the pool's threads pool the rest.
-            workers = _worker_pool(torch.get_num_threads() - 1)
-            pending = [workers.submit(pool, p) for p in parts[:-1]]
-            pooled = [pool(parts[-1])] + [p.result() for p in pending]
-            for part, values in zip(parts[-1:] + parts[:-1], pooled):
+            # The calling thread only waits: pooling a part itself, it would start a second
+            # OpenMP thread (for the zero fill) that competes with the workers for the cores.
+            workers = _worker_pool(torch.get_num_threads())
+            pending = [workers.submit(pool, p) for p in parts]
+            pooled = [p.result() for p in pending]
+            for part, values in zip(parts, pooled):
                 output.index_put_((inds[part],), values)
         return output
 
@@ -138,6 +139,12 @@ def _worker_pool(num_workers: int) -> ThreadPoolExecutor:
     if pool is None or pid != os.getpid() or workers != num_workers:
         if pool is not None and pid == os.getpid():
             pool.shutdown(wait=False)
-        pool = ThreadPoolExecutor(num_workers, thread_name_prefix="roi_align")
+        # One OpenMP thread each: a worker that starts OpenMP teams of its own (RoIAlign's
+        # zero fill is parallel) puts more threads under OpenMP than there are cores, and
+        # OpenMP then stops spin-waiting at barriers in every thread: the whole process, the
+        # backbone included, ran about 1.5x slower afterwards.
+        pool = ThreadPoolExecutor(
+            num_workers, initializer=torch.set_num_threads, initargs=(1,)
+        )
         _pool = (os.getpid(), num_workers, pool)
     return pool
