@@ -39,7 +39,6 @@ def test_same_detections(stages, mask):
 
 @pytest.mark.parametrize("stages", [3, 4])
 @pytest.mark.parametrize("mask", [False, True])
-@pytest.mark.usefixtures("threaded_pooling")
 def test_same_losses_and_gradients(stages, mask):
     reference, ours = _pair(stages, mask)
     batch = synthetic_batch(with_masks=mask)

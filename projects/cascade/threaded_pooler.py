@@ -1,6 +1,6 @@
-"""A box pooler whose RoIAlign uses every CPU thread."""
+"""A box pooler whose RoIAlign uses every CPU thread at test time."""
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import List, Optional, Tuple
 
 import torch
@@ -14,18 +14,22 @@ from detectron2.modeling.poolers import (
 from detectron2.structures import Boxes
 from detectron2.utils.tracing import is_fx_tracing
 
+# Each worker's results come from its own malloc arena, where the memory freed after copying
+# stays for that worker's next result: small parts keep what the arenas hold small.
+_PART_BYTES = 4 << 20
+
 
 class ThreadedROIPooler(ROIPooler):
     """
-    `ROIPooler` that splits each level's boxes among `torch.get_num_threads()` threads on
-    the CPU. torchvision's CPU RoIAlign runs on one thread whatever that number, and RoIAlign
-    is about three quarters of the cascade's ROI-head time on a CPU; every stage pools again.
+    `ROIPooler` that, at test time on the CPU, splits each level's boxes among
+    `torch.get_num_threads()` threads. torchvision's CPU RoIAlign runs on one thread whatever
+    that number, and it is most of the cascade's ROI-head time: every stage pools again.
 
-    Each box is pooled by the same kernel call as in `ROIPooler`, and the backward pass is
-    torchvision's own, called once per level with all of that level's boxes, so the pooled
-    features and the gradients are bit for bit those of `ROIPooler`. Anywhere the split
-    does not apply (one thread, CUDA, tracing for export, autocast, another pooler type)
-    this is exactly `ROIPooler`.
+    Each box goes through the same RoIAlign kernel as in `ROIPooler`, so the pooled features
+    are bit for bit the same. Everywhere else (training, one thread, CUDA, tracing for export,
+    autocast, another pooler type) this is exactly `ROIPooler`. In training, the split
+    forward saved less than the noise of an iteration, and RoIAlign's backward cannot be
+    split without changing how the gradients are rounded.
     """
 
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
@@ -42,12 +46,29 @@ class ThreadedROIPooler(ROIPooler):
                 self.canonical_box_size,
                 self.canonical_level,
             )
-        settings = [(p.spatial_scale, p.sampling_ratio, p.aligned) for p in self.level_poolers]
-        return _ThreadedRoIAlign.apply(rois, levels, self.output_size, settings, *x)
+        output = x[0].new_zeros((len(rois), x[0].shape[1], *self.output_size))
+        bytes_per_box = output[0].numel() * output.element_size()
+        # The calling thread only waits: pooling a part itself, it would start a second
+        # OpenMP thread (for the zero fill) that competes with the workers for the cores.
+        workers = _worker_pool(torch.get_num_threads())
+        for level, (feature, pooler) in enumerate(zip(x, self.level_poolers)):
+            inds = nonzero_tuple(levels == level)[0]
+            if len(inds) == 0:
+                continue
+            num_parts = max(torch.get_num_threads(), len(inds) * bytes_per_box // _PART_BYTES)
+            level_rois = rois[inds]
+            pending = {
+                workers.submit(_pool_part, pooler, feature, level_rois[part]): part
+                for part in _contiguous_parts(len(inds), num_parts)
+            }
+            for done in as_completed(pending):
+                output.index_put_((inds[pending[done]],), done.result())
+        return output
 
     def _splits(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> bool:
         return (
             torch.get_num_threads() > 1
+            and not (torch.is_grad_enabled() and any(f.requires_grad for f in x))
             and sum(len(b) for b in box_lists) > 1
             and all(type(p) is ROIAlign for p in self.level_poolers)
             and all(f.device.type == "cpu" and not f.is_quantized for f in x)
@@ -58,65 +79,9 @@ class ThreadedROIPooler(ROIPooler):
         )
 
 
-class _ThreadedRoIAlign(torch.autograd.Function):
-    """RoIAlign of each box on the level `levels` assigns it to, boxes split among threads."""
-
-    @staticmethod
-    def forward(ctx, rois, levels, output_size, settings, *features):
-        ctx.output_size, ctx.settings = output_size, settings
-        ctx.feature_shapes = [f.shape for f in features]
-        ctx.save_for_backward(rois, levels)
-        height, width = output_size
-        output = features[0].new_zeros((len(rois), features[0].shape[1], height, width))
-        for level, (feature, (scale, sampling_ratio, aligned)) in enumerate(
-            zip(features, settings)
-        ):
-            inds = nonzero_tuple(levels == level)[0]
-            if len(inds) == 0:
-                continue
-            level_rois = rois[inds].to(feature.dtype)
-
-            def pool(part: slice) -> torch.Tensor:
-                with torch.no_grad():  # grad mode is thread-local too
-                    return torch.ops.torchvision.roi_align(
-                        feature, level_rois[part], scale, height, width, sampling_ratio, aligned
-                    )
-
-            parts = _contiguous_parts(len(inds), torch.get_num_threads())
-            # The calling thread only waits: pooling a part itself, it would start a second
-            # OpenMP thread (for the zero fill) that competes with the workers for the cores.
-            workers = _worker_pool(torch.get_num_threads())
-            pending = [workers.submit(pool, p) for p in parts]
-            pooled = [p.result() for p in pending]
-            for part, values in zip(parts, pooled):
-                output.index_put_((inds[part],), values)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        rois, levels = ctx.saved_tensors
-        height, width = ctx.output_size
-        grads: List[Optional[torch.Tensor]] = []
-        for level, (shape, (scale, sampling_ratio, aligned)) in enumerate(
-            zip(ctx.feature_shapes, ctx.settings)
-        ):
-            inds = nonzero_tuple(levels == level)[0]
-            if len(inds) == 0 or not ctx.needs_input_grad[4 + level]:
-                grads.append(None)
-                continue
-            grads.append(
-                torch.ops.torchvision._roi_align_backward(
-                    grad_output[inds],
-                    rois[inds].to(grad_output.dtype),
-                    scale,
-                    height,
-                    width,
-                    *shape,
-                    sampling_ratio,
-                    aligned,
-                )
-            )
-        return (None, None, None, None, *grads)
+def _pool_part(pooler: ROIAlign, feature: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():  # grad mode is thread-local: a worker starts with it on
+        return pooler(feature, rois)
 
 
 def _contiguous_parts(n: int, num_parts: int) -> List[slice]:
@@ -143,8 +108,6 @@ def _worker_pool(num_workers: int) -> ThreadPoolExecutor:
         # zero fill is parallel) puts more threads under OpenMP than there are cores, and
         # OpenMP then stops spin-waiting at barriers in every thread: the whole process, the
         # backbone included, ran about 1.5x slower afterwards.
-        pool = ThreadPoolExecutor(
-            num_workers, initializer=torch.set_num_threads, initargs=(1,)
-        )
+        pool = ThreadPoolExecutor(num_workers, initializer=torch.set_num_threads, initargs=(1,))
         _pool = (os.getpid(), num_workers, pool)
     return pool
