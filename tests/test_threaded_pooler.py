@@ -7,6 +7,7 @@ from detectron2.structures import Boxes
 
 from projects.cascade import threaded_pooler
 from projects.cascade.threaded_pooler import ThreadedROIPooler
+from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
@@ -109,3 +110,18 @@ def test_workers_run_one_openmp_thread(set_threads):
     workers = threaded_pooler._worker_pool(2)
     assert {workers.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
     assert torch.get_num_threads() == 2
+
+
+def test_cascade_with_threaded_pooler_detects_as_the_builtin(split_calls, set_threads):
+    set_threads(2)
+    reference = build(tiny_cfg("CascadeROIHeads"), seed=1)
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_THREADED_POOLER = True
+    ours = build(cfg, seed=2)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert type(ours.roi_heads.box_pooler) is ThreadedROIPooler
+    assert type(build(tiny_cfg()).roi_heads.box_pooler) is ROIPooler  # the default
+    batch = synthetic_batch()
+    with torch.no_grad():
+        assert_same_detections(reference.eval()(batch), ours.eval()(batch))
+    assert split_calls

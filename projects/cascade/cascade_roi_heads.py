@@ -144,8 +144,8 @@ class CascadeRCNNROIHeads(StandardROIHeads):
                 f"{sorted(channels)}; the shared box pooler needs one."
             )
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        # Every stage pools again, so pooling is where the cascade's extra time goes.
-        box_pooler = ThreadedROIPooler(
+        threaded = cascade_switch(cfg, "TEST_THREADED_POOLER")
+        box_pooler = (ThreadedROIPooler if threaded else ROIPooler)(
             output_size=resolution,
             scales=tuple(1.0 / input_shape[f].stride for f in in_features),
             sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,

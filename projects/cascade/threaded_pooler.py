@@ -16,7 +16,7 @@ from detectron2.utils.tracing import is_fx_tracing
 
 # Each worker's results come from its own malloc arena, where the memory freed after copying
 # stays for that worker's next result: small parts keep what the arenas hold small.
-_PART_BYTES = 4 << 20
+_PART_BYTES = 1 << 20
 
 
 class ThreadedROIPooler(ROIPooler):
