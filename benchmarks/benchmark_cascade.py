@@ -4,8 +4,7 @@ Speed, memory, parameters and FLOPs of the cascade's ROI heads, all in one proce
 
 - ours: `CascadeRCNNROIHeads` (this project);
 - builtin: detectron2's `CascadeROIHeads`, with the same weights as ours;
-- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN;
-- ours_threaded (one table per setup): ours with TEST_THREADED_POOLER on.
+- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN.
 
 Every time is the median of paired repetitions (ours, builtin, faster, then the reverse
 order, ...) after warm-up, on the CPU with 2 threads; each ratio is the median of the
@@ -45,7 +44,6 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from projects.cascade import add_cascade_config  # noqa: E402
-from projects.cascade.threaded_pooler import ThreadedROIPooler  # noqa: E402
 
 HEADS = {"ours": "CascadeRCNNROIHeads", "builtin": "CascadeROIHeads", "faster": "StandardROIHeads"}
 R50_CONFIGS = {
@@ -188,7 +186,7 @@ def paired_memory(fns, reps):
     for n, ps in peaks.items():
         row[n] = {"median_mb": statistics.median(ps), "reps": len(ps)}
         for ref in ("builtin", "faster"):
-            if ref in peaks and ref != n:
+            if ref != n:
                 row[n][f"x_{ref}"] = statistics.median(ps) / statistics.median(peaks[ref])
     return row
 
@@ -319,8 +317,6 @@ def run_r50(args, results):
     )
     section_params_flops(results, "r50", models, inputs)
 
-    run_threaded_pooler(args, results, "r50", models, (images, features, proposals))
-
     # TEST_PRUNE_TOPK on the R50 ROI heads (1000 proposals), against Faster R-CNN's.
     fns = {n: roi_fn(models[n], images, features, proposals) for n in ("faster", "builtin")}
     for k in PRUNE_KS:
@@ -343,45 +339,6 @@ def propose_anchors(model):
     with torch.no_grad():
         deltas.weight.zero_()
         deltas.bias.zero_()
-
-
-def with_threaded_pooler(model):
-    """A copy of ours with TEST_THREADED_POOLER on."""
-    copied = copy.deepcopy(model)
-    # What the key changes: the pooler's class, which only overrides forward.
-    copied.roi_heads.box_pooler.__class__ = ThreadedROIPooler
-    return copied
-
-
-def run_threaded_pooler(args, results, setup, models, roi_inputs, inputs=None):
-    """TEST_THREADED_POOLER: ROI heads, and where `inputs` are given inference and memory."""
-    variants = {
-        "ours": models["ours"],
-        "ours_threaded": with_threaded_pooler(models["ours"]),
-        "builtin": models["builtin"],
-    }
-    reps = args.reps if setup == "r50" else args.fast_reps
-    rows = {
-        "roi_heads": paired_times({n: roi_fn(m, *roi_inputs) for n, m in variants.items()},
-                                  reps, args.warmup)
-    }
-    if inputs is not None:
-        rows["inference"] = paired_times(
-            {n: infer_fn(m, inputs) for n, m in variants.items()}, reps, args.warmup
-        )
-    summary = {name: summarize(times) for name, times in rows.items()}
-    if inputs is not None:
-        memory = paired_memory(
-            {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in variants.items()}, args.mem_reps
-        )
-        memory["ours_threaded"]["x_ours"] = (
-            memory["ours_threaded"]["median_mb"] / memory["ours"]["median_mb"]
-        )
-        summary["inference_peak_rss"] = memory
-    for name, times in rows.items():
-        ratios = [a / b for a, b in zip(times["ours_threaded"], times["ours"])]
-        summary[name]["ours_threaded"]["x_ours"] = statistics.median(ratios)
-    results[f"{setup}/threaded_pooler"] = summary
 
 
 def trees_models(args, results):
@@ -420,7 +377,6 @@ def run_trees(args, results):
             {n: roi_fn(m, images, features, proposals) for n, m in models.items()}, reps, warm
         )
     )
-    run_threaded_pooler(args, results, "trees", models, (images, features, proposals), inputs)
     counts = (50, 100) if args.quick else (250, 500, 1000, 2000)
     results["trees/roi_heads_by_proposals"] = {}
     for count in counts:
@@ -559,18 +515,6 @@ def markdown(results):
             lines.append(
                 f"| {setup} | {n} | {_fmt(row['params_M'], 2)} | {_fmt(row['gflops'], 2)} | "
                 f"{_fmt(row['roi_heads_params_M'], 2)} | {_fmt(row['roi_heads_gflops'], 2)} |"
-            )
-    lines.append("\nTEST_THREADED_POOLER (ms or MB; threaded / ours is the median paired ratio)\n")
-    lines.append("| | ours | ours, threaded | builtin | threaded / ours | threaded / builtin |")
-    lines.append("|---|---|---|---|---|---|")
-    for setup in ("r50", "trees"):
-        for name, row in results.get(f"{setup}/threaded_pooler", {}).items():
-            value = "median_mb" if "peak_rss" in name else "median_ms"
-            threaded = row["ours_threaded"]
-            lines.append(
-                f"| {setup} {name} | {_fmt(row['ours'][value])} | {_fmt(threaded[value])} | "
-                f"{_fmt(row['builtin'][value])} | {_fmt(threaded.get('x_ours'), 3)} | "
-                f"{_ratio(threaded, 'builtin')} |"
             )
     for key, label in (
         ("trees/roi_heads_by_proposals", "proposals"),

@@ -27,7 +27,6 @@ from .config import (
     cascade_test_settings,
 )
 from .mask_per_stage import MaskHeadPerStage
-from .threaded_pooler import ThreadedROIPooler
 
 
 class _Stage(NamedTuple):
@@ -144,8 +143,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
                 f"{sorted(channels)}; the shared box pooler needs one."
             )
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        threaded = cascade_switch(cfg, "TEST_THREADED_POOLER")
-        box_pooler = (ThreadedROIPooler if threaded else ROIPooler)(
+        box_pooler = ROIPooler(
             output_size=resolution,
             scales=tuple(1.0 / input_shape[f].stride for f in in_features),
             sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,

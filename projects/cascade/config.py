@@ -49,11 +49,6 @@ def add_cascade_config(cfg):
     # are dropped from the detections (they have no score from the later stages to average).
     # 0 turns it off, and k >= the number of proposals changes nothing. Test time only.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = 0
-    # Test-time speed on the CPU: torchvision's RoIAlign uses one thread, and every stage
-    # pools again. True splits each level's boxes among torch.get_num_threads() threads
-    # (ThreadedROIPooler), with bit-identical features. Off by default: the threads' malloc
-    # arenas add some peak memory, and the gain depends on the cores (see README).
-    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_THREADED_POOLER = False
 
     # Evaluate every stage alone and every ensemble of stages 1~k from the same inference
     # pass as the main COCO evaluation (see stage_evaluation.py), to see what each stage
