@@ -14,7 +14,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_cascade import (  # noqa: E402
-    R50_CONFIGS, TREES_CONFIGS, build_trio, features_and_proposals, random_image, tree_inputs,
+    R50_CONFIGS, TREES_CONFIGS, build_trio, features_and_proposals, propose_anchors, random_image,
+    tree_inputs,
 )
 
 
@@ -28,6 +29,8 @@ def main():
     torch.set_num_threads(2)
     if args.r50:
         cfgs, models = build_trio(R50_CONFIGS)
+        for model in models.values():
+            propose_anchors(model)  # 1000 proposals, as in the benchmark
         inputs = [random_image(800, 1333)]
     else:
         weights = args.cascade_weights if Path(args.cascade_weights).is_file() else None
