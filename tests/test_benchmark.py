@@ -43,6 +43,7 @@ def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
     assert results["r50/num_proposals"] > 1
     prune = results["trees/prune"]
     assert {"faster", "builtin", "off", "k=100", "k=500"} <= prune.keys()
-    assert {"AP", "AP75", "median_ms", "x_faster", "overhead_vs_off",
+    assert {"nms=0.7", "nms=0.7,k=150"} <= prune.keys()
+    assert {"AP", "AP75", "test_AP", "median_ms", "x_faster", "overhead_vs_off",
             "overhead_vs_builtin"} <= prune["k=100"].keys()
     assert {"faster", "builtin", "off", "k=100"} <= results["r50/prune_roi_heads"].keys()

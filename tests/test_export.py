@@ -49,10 +49,12 @@ MODELS = {
     # cascade's code that picks one box per row, averages the mask heads and keeps the
     # top-k rows is traced too.
     "cascade_mask_options": {"mask": True, "options": True},
+    # Pruning by NMS among stage 1's refined boxes, then top-k of the survivors.
+    "cascade_nms_prune": {"nms_prune": True},
 }
 
 
-def _tiny_export_cfg(mask=False, options=False, input_format="BGR"):
+def _tiny_export_cfg(mask=False, options=False, input_format="BGR", nms_prune=False):
     cfg = tiny_cfg(mask=mask)
     cfg.INPUT.FORMAT = input_format
     # A test-time resize (128x160 -> 100x125) that the runner must undo. Tests that give
@@ -66,6 +68,9 @@ def _tiny_export_cfg(mask=False, options=False, input_format="BGR"):
         cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
         cfg.MODEL.ROI_BOX_CASCADE_HEAD.MASK_PER_STAGE = True
         # Fewer than the traced image's proposals, more than the tiny image's.
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = 50
+    if nms_prune:
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH = 0.7
         cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = 50
     return cfg
 

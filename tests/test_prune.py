@@ -1,16 +1,21 @@
-"""MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK: only the top-k stage-1 boxes reach stages 2..N."""
+"""
+MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK and TEST_PRUNE_NMS_THRESH: only the top-k stage-1
+boxes, and only those that survive NMS among stage 1's refined boxes, reach stages 2..N.
+"""
 import pytest
 import torch
 
+from detectron2.layers import batched_nms
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from tests.common import assert_same_detections, build, features_and_proposals, synthetic_batch, tiny_cfg
 
 
-def _model(k, test_score="mean"):
+def _model(k, test_score="mean", nms_thresh=1.0):
     cfg = tiny_cfg()
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = k
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH = nms_thresh
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SCORE = test_score
     return build(cfg, seed=0).eval()
 
@@ -89,11 +94,35 @@ def test_pruned_boxes_are_dropped_from_the_detections():
         assert 0 < len(r["instances"]) <= k * num_classes
 
 
+@pytest.mark.parametrize("k", [0, 7])
+def test_later_stages_run_on_exactly_the_nms_survivors(k):
+    thresh = 0.3
+    model = _model(k, nms_thresh=thresh)
+    heads = model.roi_heads
+    batch = synthetic_batch()
+    _, features, proposals = features_and_proposals(model, batch)
+    box_features = [features[f] for f in heads.box_in_features]
+    with torch.no_grad():
+        full = heads._run_stages(box_features, proposals, 1)[0]
+        stages = heads._run_stages(box_features, proposals, heads.num_test_stages)
+    probs = heads.box_predictor[0].predict_probs(full.predictions, full.proposals)
+    for i, p in enumerate(probs):
+        scores, classes = p[:, :-1].max(dim=1)
+        survivors = batched_nms(full.refined[i], scores, classes, thresh)
+        assert len(survivors) < len(p), "the test needs NMS to suppress some boxes"
+        rows = (survivors[:k] if k else survivors).sort().values
+        assert torch.equal(
+            stages[0].proposals[i].proposal_boxes.tensor, proposals[i].proposal_boxes.tensor[rows]
+        )
+        assert torch.equal(stages[0].refined[i], full.refined[i][rows])
+        assert all(len(s.proposals[i]) == len(rows) for s in stages)
+
+
 def test_training_ignores_pruning():
     batch = synthetic_batch()
     losses = []
-    for k in (0, 5):
-        model = _model(k).train()
+    for k, nms_thresh in ((0, 1.0), (5, 0.3)):
+        model = _model(k, nms_thresh=nms_thresh).train()
         torch.manual_seed(123)
         with EventStorage():
             losses.append(model(batch))
@@ -107,4 +136,12 @@ def test_bad_values_name_the_key(value):
     cfg = tiny_cfg()
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = value
     with pytest.raises(ValueError, match="MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK"):
+        build(cfg)
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, True, "0.7", None])
+def test_bad_nms_thresholds_name_the_key(value):
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH = value
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH"):
         build(cfg)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
@@ -21,6 +21,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from .config import (
+    cascade_prune_nms_thresh,
     cascade_prune_topk,
     cascade_stage_settings,
     cascade_switch,
@@ -86,6 +87,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         num_test_stages: Optional[int] = None,
         resample: bool = False,
         test_prune_topk: int = 0,
+        test_prune_nms_thresh: float = 1.0,
         **kwargs,
     ):
         """
@@ -100,6 +102,8 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             resample: re-sample every stage's boxes, as stage 1 does (see RESAMPLE).
             test_prune_topk: at test time, only the top-k boxes of each image by stage-1
                 foreground score go on to stages 2..N; 0 sends all (see TEST_PRUNE_TOPK).
+            test_prune_nms_thresh: at test time, only the boxes that survive NMS at this
+                IoU among stage 1's refined boxes go on; 1.0 sends all (before top-k).
             kwargs: as for `StandardROIHeads`, without `proposal_matcher`. A
                 `MaskHeadPerStage` as `mask_head` gives each stage its own mask head.
         """
@@ -119,6 +123,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         self.num_test_stages = num_test_stages or self.num_cascade_stages
         self.resample = resample
         self.test_prune_topk = test_prune_topk
+        self.test_prune_nms_thresh = test_prune_nms_thresh
         self.mask_per_stage = self.mask_on and isinstance(self.mask_head, MaskHeadPerStage)
 
     @classmethod
@@ -130,6 +135,7 @@ class CascadeRCNNROIHeads(StandardROIHeads):
         ret["test_score"], ret["num_test_stages"] = cascade_test_settings(cfg)
         ret["resample"] = cascade_switch(cfg, "RESAMPLE")
         ret["test_prune_topk"] = cascade_prune_topk(cfg)
+        ret["test_prune_nms_thresh"] = cascade_prune_nms_thresh(cfg)
         return ret
 
     @classmethod
@@ -295,27 +301,39 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             refined = self._boxes_for_next_stage(boxes, predictions, proposals)
             stages.append(_Stage(predictions, proposals, boxes, refined))
-            if k == 0 and num_stages > 1 and not self.training and self.test_prune_topk > 0:
-                stages[0] = self._prune(stages[0], self.test_prune_topk)
+            if k == 0 and num_stages > 1 and not self.training and self._prunes:
+                stages[0] = self._prune(stages[0])
                 proposals = stages[0].proposals
         return stages
 
-    def _prune(self, stage: _Stage, topk: int) -> _Stage:
+    @property
+    def _prunes(self) -> bool:
+        return self.test_prune_topk > 0 or self.test_prune_nms_thresh < 1.0
+
+    def _prune(self, stage: _Stage) -> _Stage:
         """
-        Keep the `topk` rows of each image with the highest foreground score (the best
-        non-background class probability) of `stage`, in their original order. Later
+        Keep the rows of each image that survive NMS at TEST_PRUNE_NMS_THRESH among the
+        boxes `stage` refined, then the TEST_PRUNE_TOPK of them with the highest foreground
+        score (the best non-background class probability), in their original order. Later
         stages then see only those rows, so the rows dropped here get no score from them
         and are dropped from the detections: with TEST_SCORE "mean" a row's score is the
         mean over every stage, and a stage-1 score alone would not be comparable.
         """
         probs = self.box_predictor[0].predict_probs(stage.predictions, stage.proposals)
         keep = []
-        for probs_per_image in probs:
-            fg_scores = probs_per_image[:, :-1].max(dim=1).values
-            # No Python branch on the number of rows: tracing would fix it to the traced
-            # image's, and an exported model would fail on images with fewer than topk.
-            k = torch.clamp(torch.as_tensor(len(fg_scores)), max=topk)
-            keep.append(fg_scores.topk(k).indices.sort().values)
+        for probs_per_image, refined in zip(probs, stage.refined):
+            fg_scores, top_classes = probs_per_image[:, :-1].max(dim=1)
+            if self.test_prune_nms_thresh < 1.0:
+                # Sorted by score, so the top-k below is a slice.
+                rows = batched_nms(refined, fg_scores, top_classes, self.test_prune_nms_thresh)
+                if self.test_prune_topk > 0:
+                    rows = rows[: self.test_prune_topk]
+            else:
+                # No Python branch on the number of rows: tracing would fix it to the traced
+                # image's, and an exported model would fail on images with fewer than topk.
+                k = torch.clamp(torch.as_tensor(len(fg_scores)), max=self.test_prune_topk)
+                rows = fg_scores.topk(k).indices
+            keep.append(rows.sort().values)
         flat = cat([rows + start for rows, start in zip(keep, _offsets(probs))])
         boxes = [b[rows] for b, rows in zip(stage.boxes, keep)]
         refined = boxes if stage.refined is stage.boxes else [

@@ -49,6 +49,12 @@ def add_cascade_config(cfg):
     # are dropped from the detections (they have no score from the later stages to average).
     # 0 turns it off, and k >= the number of proposals changes nothing. Test time only.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK = 0
+    # Many proposals are near-copies of each other, and after stage 1 they converge on the
+    # same objects: stages 2..N would refine the same box several times. A threshold < 1
+    # runs NMS at that IoU on stage 1's refined boxes (per top class, by stage-1 foreground
+    # score) and sends only the survivors on, before TEST_PRUNE_TOPK; the suppressed boxes
+    # are dropped from the detections. 1.0 turns it off. Test time only.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH = 1.0
 
     # Evaluate every stage alone and every ensemble of stages 1~k from the same inference
     # pass as the main COCO evaluation (see stage_evaluation.py), to see what each stage
@@ -139,6 +145,17 @@ def cascade_prune_topk(cfg):
             "(0 turns pruning off)."
         )
     return k
+
+
+def cascade_prune_nms_thresh(cfg):
+    """Return TEST_PRUNE_NMS_THRESH after checking it is an IoU in (0, 1] (1: off)."""
+    thresh = cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH
+    if not (isinstance(thresh, Real) and not isinstance(thresh, bool) and 0 < thresh <= 1):
+        raise ValueError(
+            f"{_CASCADE}.TEST_PRUNE_NMS_THRESH = {thresh!r}: expected an IoU in (0, 1] "
+            "(1.0 turns it off)."
+        )
+    return float(thresh)
 
 
 def cascade_switch(cfg, key):
