@@ -461,7 +461,7 @@ def run_prune_trees(args, results, cfg, models, inputs):
         accuracy[name] = {"AP": val.get("AP"), "AP75": val.get("AP75"), "test_AP": test.get("AP")}
     timing = summarize(
         paired_times(
-            {n: infer_fn(m, inputs) for n, m in variants.items()}, args.fast_reps, args.warmup
+            {n: infer_fn(m, inputs) for n, m in variants.items()}, args.prune_reps, args.warmup
         )
     )
     for name in variants:
@@ -605,10 +605,12 @@ def main(argv=None):
                         help="paired repetitions of the R50 setup (default 10, quick 2)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("r50", "trees", "trees-train"),
-                        help="run one setup, or only the trees' training iterations")
+    parser.add_argument("--only", choices=("r50", "trees", "trees-train", "trees-prune"),
+                        help="run one setup, or only the trees' training iterations or pruning")
     parser.add_argument("--train-reps", type=int,
                         help="paired training iterations of the trees setup (default 20)")
+    parser.add_argument("--prune-reps", type=int,
+                        help="paired inference repetitions of the pruning table (default 30)")
     parser.add_argument(
         "--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth"
     )
@@ -621,6 +623,7 @@ def main(argv=None):
     args.fast_reps = 2 if args.quick else 30
     args.scaling_reps = 2 if args.quick else 20
     args.train_reps = args.train_reps or (2 if args.quick else 20)
+    args.prune_reps = args.prune_reps or args.fast_reps
     args.mem_reps = 1 if args.quick else 5
 
     setup_logger(name="detectron2", abbrev_name="d2").setLevel("WARNING")
@@ -634,6 +637,10 @@ def main(argv=None):
         run_trees(args, results)
     if args.only == "trees-train":
         run_trees_train(args, results, *trees_models(args, results))
+    if args.only == "trees-prune":
+        cfgs, models = trees_models(args, results)
+        inputs = tree_inputs(cfgs["ours"], "trees_val", 2 if args.quick else 10, is_train=False)
+        run_prune_trees(args, results, cfgs["ours"], models, inputs)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["wall_s"] = time.perf_counter() - start
     report = markdown(results)
