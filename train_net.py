@@ -19,7 +19,7 @@ from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils.logger import setup_logger
 
 from projects.cascade.checkpoint import SafeCheckpointer
-from projects.cascade.cli import check_launch, load_config
+from projects.cascade.cli import check_launch, leave_process_group, load_config
 from projects.cascade.errors import InputError
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
 from projects.cascade.expected_results import ExpectedResultsError, check_expected_results
@@ -64,10 +64,12 @@ def main(args):
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             check_expected_results(cfg, results)
-        return results
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    leave_process_group()
+    return results
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch.distributed as dist
 from torch import nn
 
+from detectron2.engine import launch
 from detectron2.utils import comm
 
+from projects.cascade.cli import leave_process_group
 from projects.cascade.trainer import _WeightsInSync, weights_fingerprint
 from tests.train_cli import (
     REPO,
@@ -120,3 +124,18 @@ def test_weights_check_fails_when_ranks_disagree(monkeypatch):
     monkeypatch.setattr(comm, "all_gather", lambda digest: [digest, "0" * 64])
     with pytest.raises(RuntimeError, match=f"different weights: \\['{own}', '0{{64}}'\\]"):
         hook.after_train()
+
+
+def _gather_then_leave(out_dir):
+    rank = comm.get_rank()
+    # comm.all_gather opens detectron2's extra gloo group, as evaluation does.
+    assert comm.all_gather(rank) == [0, 1]
+    leave_process_group()
+    Path(out_dir, f"rank{rank}").write_text(f"initialized={dist.is_initialized()}")
+
+
+def test_workers_close_their_process_group(tmp_path):
+    """Left open to interpreter exit, gloo's threads could abort a finished run."""
+    launch(_gather_then_leave, 2, dist_url="auto", args=(tmp_path,))
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text() == "initialized=False"

@@ -6,14 +6,16 @@ with one message naming the file, key or flag, not with a stack trace per worker
 import os
 
 import torch
+import torch.distributed as dist
 import yaml
 
+import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 
 from .config import add_cascade_config, cascade_stage_settings
 from .errors import ConfigError
 
-__all__ = ["load_config", "check_launch"]
+__all__ = ["load_config", "check_launch", "leave_process_group"]
 
 
 def _merge(source, merge):
@@ -83,3 +85,15 @@ def check_launch(args, cfg):
             f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} does not divide among "
             f"{world_size} processes."
         )
+
+
+def leave_process_group():
+    """
+    Close a worker's process group once every rank is done. detectron2's `launch` leaves
+    it open; gloo's threads then meet the interpreter's shutdown and can abort a run that
+    had finished (SIGABRT, "terminate called without an active exception").
+    """
+    if dist.is_available() and dist.is_initialized():
+        # No rank closes its connections while another still waits on a collective.
+        comm.synchronize()
+        dist.destroy_process_group()
