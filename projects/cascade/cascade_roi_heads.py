@@ -28,6 +28,7 @@ from .config import (
     cascade_test_settings,
 )
 from .mask_per_stage import MaskHeadPerStage
+from .parallel_roi_align import parallelize_pooler
 
 
 class _Stage(NamedTuple):
@@ -155,6 +156,8 @@ class CascadeRCNNROIHeads(StandardROIHeads):
             sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
             pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
         )
+        if cascade_switch(cfg, "PARALLEL_CPU_ROI_ALIGN"):
+            box_pooler = parallelize_pooler(box_pooler)
         pooled_shape = ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
 
         box_heads, box_predictors, matchers = [], [], []
@@ -179,12 +182,14 @@ class CascadeRCNNROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
+        ret = super()._init_mask_head(cfg, input_shape)
+        if ret.get("mask_pooler") is not None and cascade_switch(cfg, "PARALLEL_CPU_ROI_ALIGN"):
+            ret["mask_pooler"] = parallelize_pooler(ret["mask_pooler"])
         if not (cascade_switch(cfg, "MASK_PER_STAGE") and cfg.MODEL.MASK_ON):
-            return super()._init_mask_head(cfg, input_shape)
-        heads = []
-        for _ in cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS:
-            ret = super()._init_mask_head(cfg, input_shape)  # a freshly initialized head
-            heads.append(ret["mask_head"])
+            return ret
+        heads = [ret["mask_head"]]
+        for _ in cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS[1:]:
+            heads.append(super()._init_mask_head(cfg, input_shape)["mask_head"])  # a fresh head
         _, num_test_stages = cascade_test_settings(cfg)
         ret["mask_head"] = MaskHeadPerStage(heads, num_test_heads=num_test_stages)
         return ret

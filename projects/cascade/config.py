@@ -55,6 +55,11 @@ def add_cascade_config(cfg):
     # score) and sends only the survivors on, before TEST_PRUNE_TOPK; the suppressed boxes
     # are dropped from the detections. 1.0 turns it off. Test time only.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH = 1.0
+    # torchvision's CPU RoIAlign runs on one thread, and RoIAlign is most of the stages'
+    # time on a CPU. True pools CPU float tensors with parallel_roi_align.py's kernel over
+    # all of torch's threads, which gives the same bits (outputs and gradients); it is
+    # built on first use. False keeps torchvision's kernel. No effect on GPUs or exports.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.PARALLEL_CPU_ROI_ALIGN = True
 
     # Evaluate every stage alone and every ensemble of stages 1~k from the same inference
     # pass as the main COCO evaluation (see stage_evaluation.py), to see what each stage
