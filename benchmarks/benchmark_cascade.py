@@ -4,7 +4,9 @@ Speed, memory, parameters and FLOPs of the cascade's ROI heads, all in one proce
 
 - ours: `CascadeRCNNROIHeads` (this project);
 - builtin: detectron2's `CascadeROIHeads`, with the same weights as ours;
-- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN.
+- faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN;
+- ours_tv (main rows only): ours with PARALLEL_CPU_ROI_ALIGN False, i.e. torchvision's
+  single-threaded RoIAlign as the other two use, to show what the parallel kernel adds.
 
 Every time is the median of paired repetitions (ours, builtin, faster, then the reverse
 order, ...) after warm-up, on the CPU with 2 threads; each ratio is the median of the
@@ -46,6 +48,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from projects.cascade import add_cascade_config  # noqa: E402
 
 HEADS = {"ours": "CascadeRCNNROIHeads", "builtin": "CascadeROIHeads", "faster": "StandardROIHeads"}
+TORCHVISION_ROI_ALIGN = {"MODEL.ROI_BOX_CASCADE_HEAD.PARALLEL_CPU_ROI_ALIGN": False}
 R50_CONFIGS = {
     "ours": "configs/cascade_rcnn_R_50_FPN_1x.yaml",
     "builtin": "configs/cascade_rcnn_R_50_FPN_1x.yaml",
@@ -90,18 +93,23 @@ def make_cfg(config_file, roi_heads, stages=None, **overrides):
 
 def build_trio(configs, cascade_weights=None, faster_weights=None, stages=None, **overrides):
     """
-    The three models. ours and builtin get the same weights (a checkpoint, or builtin's
-    random ones); faster gets its checkpoint, or builtin's backbone and RPN.
+    The three models, and ours_tv. ours, ours_tv and builtin get the same weights (a
+    checkpoint, or builtin's random ones); faster gets its checkpoint, or builtin's backbone
+    and RPN.
     """
     cfgs = {n: make_cfg(configs[n], HEADS[n], stages=stages, **overrides) for n in HEADS}
+    cfgs["ours_tv"] = make_cfg(
+        configs["ours"], HEADS["ours"], stages=stages, **overrides, **TORCHVISION_ROI_ALIGN
+    )
     models = {}
-    for n in HEADS:
+    for n in cfgs:
         torch.manual_seed(0)  # a fixed seed: the same random weights on every run
         models[n] = build_model(cfgs[n]).eval()
     if cascade_weights:
         state = _load(cascade_weights)
         models["builtin"].load_state_dict(state, strict=True)
-    models["ours"].load_state_dict(models["builtin"].state_dict(), strict=True)
+    for n in ("ours", "ours_tv"):
+        models[n].load_state_dict(models["builtin"].state_dict(), strict=True)
     if faster_weights:
         models["faster"].load_state_dict(_load(faster_weights), strict=True)
     else:
@@ -110,6 +118,11 @@ def build_trio(configs, cascade_weights=None, faster_weights=None, stages=None, 
         }
         models["faster"].load_state_dict(shared, strict=False)
     return cfgs, models
+
+
+def trio(models):
+    """Ours, the built-in and Faster R-CNN, without ours_tv (for the secondary rows)."""
+    return {n: models[n] for n in HEADS}
 
 
 def _load(path):
@@ -317,9 +330,9 @@ def run_r50(args, results):
         )
     )
     results["r50/inference_peak_rss"] = paired_memory(
-        {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in models.items()}, args.mem_reps
+        {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in trio(models).items()}, args.mem_reps
     )
-    section_params_flops(results, "r50", models, inputs)
+    section_params_flops(results, "r50", trio(models), inputs)
 
     # TEST_PRUNE_TOPK on the R50 ROI heads (1000 proposals), against Faster R-CNN's.
     fns = {n: roi_fn(models[n], images, features, proposals) for n in ("faster", "builtin")}
@@ -369,9 +382,9 @@ def run_trees(args, results):
         paired_times({n: infer_fn(m, inputs) for n, m in models.items()}, reps, warm)
     )
     results["trees/inference_peak_rss"] = paired_memory(
-        {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in models.items()}, args.mem_reps
+        {n: (lambda m=m: infer_fn(m, inputs)(0)) for n, m in trio(models).items()}, args.mem_reps
     )
-    section_params_flops(results, "trees", models, inputs[:1])
+    section_params_flops(results, "trees", trio(models), inputs[:1])
 
     # ROI heads alone, on one tile's features: RPN proposals, then N synthetic proposals.
     images, features, proposals = features_and_proposals(models["builtin"], inputs[:1])
@@ -386,7 +399,7 @@ def run_trees(args, results):
         props = [synthetic_proposals(images.image_sizes[0], count)]
         results["trees/roi_heads_by_proposals"][str(count)] = summarize(
             paired_times(
-                {n: roi_fn(m, images, features, props) for n, m in models.items()},
+                {n: roi_fn(m, images, features, props) for n, m in trio(models).items()},
                 args.scaling_reps,
                 warm,
             )
@@ -395,7 +408,7 @@ def run_trees(args, results):
     props = [synthetic_proposals(images.image_sizes[0], counts[-1] if args.quick else 1000)]
     results["trees/roi_heads_by_stages"] = {}
     for stages in range(1, 6) if not args.quick else (1, 2):
-        _, staged = build_trio(TREES_CONFIGS, stages=stages)
+        staged = trio(build_trio(TREES_CONFIGS, stages=stages)[1])
         for n in staged:
             backbone = {k: v for k, v in models[n].state_dict().items() if not k.startswith("roi_")}
             staged[n].load_state_dict(backbone, strict=False)
@@ -421,7 +434,7 @@ def run_trees_train(args, results, cfgs, models):
     print(f"trees demo, training iterations (batch {len(batch)})", flush=True)
     results["trees/train_iter"] = summarize(paired_times(fns, args.train_reps, args.warmup))
     results["trees/train_peak_rss"] = paired_memory(
-        {n: (lambda f=f: f(0)) for n, f in fns.items()}, args.mem_reps
+        {n: (lambda f=f: f(0)) for n, f in trio(fns).items()}, args.mem_reps
     )
 
 
@@ -502,14 +515,22 @@ def markdown(results):
     lines = []
 
     def table(title, rows, value, unit):
+        with_tv = all("ours_tv" in row for _, row in rows)
         lines.append(f"\n{title}\n")
-        lines.append(f"| | ours | builtin | faster | ours / builtin | ours / faster |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(
+            "| | ours | builtin | faster | ours / builtin | ours / faster |"
+            + (" ours_tv | ours_tv / builtin |" if with_tv else "")
+        )
+        lines.append("|---|---|---|---|---|---|" + ("---|---|" if with_tv else ""))
         for label, row in rows:
             lines.append(
                 f"| {label} | {_fmt(row['ours'][value])} {unit} | {_fmt(row['builtin'][value])} "
                 f"{unit} | {_fmt(row['faster'][value])} {unit} | "
                 f"{_ratio(row['ours'], 'builtin')} | {_ratio(row['ours'], 'faster')} |"
+                + (
+                    f" {_fmt(row['ours_tv'][value])} {unit} | {_ratio(row['ours_tv'], 'builtin')} |"
+                    if with_tv else ""
+                )
             )
 
     main = [
