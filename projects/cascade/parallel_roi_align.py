@@ -38,7 +38,8 @@ def load_extension():
     if shutil.which("ninja") is None:
         # torch builds with ninja; pip installs it (requirements.txt) beside the venv's
         # python, which is not on PATH when the venv is used without activating it.
-        os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+        venv_bin = os.path.dirname(sys.executable)
+        os.environ["PATH"] = os.pathsep.join([venv_bin, os.environ.get("PATH", "")])
     logger.info(f"Loading the parallel CPU RoIAlign ({_SOURCE.name}); the first time builds it.")
     # at::parallel_for is inlined OpenMP: without -fopenmp it would run on one thread. The
     # libgomp it links is the one torch has already loaded (same soname).
