@@ -97,8 +97,6 @@ class ParallelROIAlign(ROIAlign):
     def forward(self, input, rois):
         if not self._parallel_applies(input) or _extension_or_none() is None:
             return super().forward(input, rois)
-        if rois.dim() != 2 or rois.size(1) != 5:
-            raise ValueError(f"RoIAlign takes K x 5 boxes (image, x0, y0, x1, y1), not {list(rois.shape)}")
         return _RoIAlignCPU.apply(
             input, rois.to(dtype=input.dtype), _pair(self.output_size), float(self.spatial_scale),
             int(self.sampling_ratio), bool(self.aligned),
