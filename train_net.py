@@ -19,7 +19,7 @@ from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils.logger import setup_logger
 
 from projects.cascade.checkpoint import SafeCheckpointer
-from projects.cascade.cli import check_launch, leave_process_group, load_config
+from projects.cascade.cli import check_launch, end_worker, load_config
 from projects.cascade.errors import InputError
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
 from projects.cascade.expected_results import ExpectedResultsError, check_expected_results
@@ -68,7 +68,8 @@ def main(args):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-    leave_process_group()
+    if comm.get_world_size() > 1:
+        end_worker()  # a process of `launch`: its results are not returned anywhere
     return results
 
 

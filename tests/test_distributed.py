@@ -2,6 +2,7 @@
 Distributed training without GPUs: train_net.py as two gloo processes on one machine,
 and as two "machines" on localhost launched the way the README's SLURM recipe does.
 """
+import atexit
 import json
 import math
 import subprocess
@@ -16,7 +17,7 @@ from torch import nn
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from projects.cascade.cli import leave_process_group
+from projects.cascade.cli import end_worker
 from projects.cascade.trainer import _WeightsInSync, weights_fingerprint
 from tests.train_cli import (
     REPO,
@@ -126,16 +127,35 @@ def test_weights_check_fails_when_ranks_disagree(monkeypatch):
         hook.after_train()
 
 
-def _gather_then_leave(out_dir):
+class _MarksFinalization:
+    """Writes its file when Python's shutdown frees it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __del__(self, _open=open):  # module globals may be gone by then
+        with _open(self.path, "w") as f:
+            f.write("finalized")
+
+
+def _gather_then_end(out_dir):
     rank = comm.get_rank()
     # comm.all_gather opens detectron2's extra gloo group, as evaluation does.
     assert comm.all_gather(rank) == [0, 1]
-    leave_process_group()
-    Path(out_dir, f"rank{rank}").write_text(f"initialized={dist.is_initialized()}")
+    atexit.register(
+        lambda: Path(out_dir, f"atexit{rank}").write_text(f"initialized={dist.is_initialized()}")
+    )
+    global _FINALIZATION_MARK
+    _FINALIZATION_MARK = _MarksFinalization(Path(out_dir, f"finalized{rank}"))
+    end_worker()
 
 
-def test_workers_close_their_process_group(tmp_path):
-    """Left open to interpreter exit, gloo's threads could abort a finished run."""
-    launch(_gather_then_leave, 2, dist_url="auto", args=(tmp_path,))
+def test_workers_end_without_interpreter_shutdown(tmp_path):
+    """
+    A worker closes its process group and runs its exit handlers, then skips the shutdown
+    in which torch's C++ threads could abort it.
+    """
+    launch(_gather_then_end, 2, dist_url="auto", args=(tmp_path,))
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}").read_text() == "initialized=False"
+        assert (tmp_path / f"atexit{rank}").read_text() == "initialized=False"
+        assert not (tmp_path / f"finalized{rank}").exists()
