@@ -93,8 +93,8 @@ def end_worker():
     """
     End a worker process of detectron2's `launch` once every rank is done; it does not
     return. Left to the interpreter's shutdown, a worker could abort after finishing its
-    work (SIGABRT, "terminate called without an active exception", in about 1 of 4 CI runs
-    of the two-process test, also with the process group destroyed first): a thread that
+    work (SIGABRT, "terminate called without an active exception", in 2 of 7 full test
+    runs, also with the process group destroyed first): a thread that
     torch starts in C++ calls into a Python that is finalizing. So the worker closes its
     process group, runs the exit handlers (detectron2's log files flush there) and leaves
     with os._exit, which skips the shutdown.
