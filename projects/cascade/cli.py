@@ -93,7 +93,7 @@ def end_worker():
     """
     End a worker process of detectron2's `launch` once every rank is done; it does not
     return. Left to the interpreter's shutdown, a worker could abort after finishing its
-    work (SIGABRT, "terminate called without an active exception", in 2 of 7 full test
+    work (SIGABRT, "terminate called without an active exception", in 2 of 5 full test
     runs, also with the process group destroyed first): a thread that
     torch starts in C++ calls into a Python that is finalizing. So the worker closes its
     process group, runs the exit handlers (detectron2's log files flush there) and leaves
