@@ -18,14 +18,14 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils.logger import setup_logger
 
-from projects.cascade.checkpoint import SafeCheckpointer
-from projects.cascade.cli import check_launch, end_worker, load_config
+from projects.cascade.engine.checkpoint import SafeCheckpointer
+from projects.cascade.engine.launch import check_launch, end_worker, load_config
 from projects.cascade.errors import InputError
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
-from projects.cascade.expected_results import ExpectedResultsError, check_expected_results
-from projects.cascade.stage_evaluation import CascadeStageEvaluator, check_stage_eval_config
-from projects.cascade.stage_outputs import CascadeStageOutputs
-from projects.cascade.trainer import ReliableTrainer
+from projects.cascade.evaluation.expected_results import ExpectedResultsError, check_expected_results
+from projects.cascade.evaluation.stage_evaluation import CascadeStageEvaluator, check_stage_eval_config
+from projects.cascade.modeling.stage_outputs import CascadeStageOutputs
+from projects.cascade.engine.trainer import ReliableTrainer
 
 
 class Trainer(ReliableTrainer):

@@ -32,20 +32,20 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.data.dataset_mapper import DatasetMapper  # noqa: E402
-from detectron2.evaluation import COCOEvaluator  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_optimizer  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.analysis import FlopCountAnalysis, parameter_count  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.dataset_mapper import DatasetMapper
+from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.analysis import FlopCountAnalysis, parameter_count
+from detectron2.utils.events import EventStorage
+from detectron2.utils.logger import setup_logger
 
-from projects.cascade import add_cascade_config  # noqa: E402
+from projects.cascade import add_cascade_config
+from projects.cascade.modeling.stage_outputs import features_and_proposals
 
 HEADS = {"ours": "CascadeRCNNROIHeads", "builtin": "CascadeROIHeads", "faster": "StandardROIHeads"}
 TORCHVISION_ROI_ALIGN = {"MODEL.ROI_BOX_CASCADE_HEAD.PARALLEL_CPU_ROI_ALIGN": False}
@@ -228,15 +228,6 @@ def tree_inputs(cfg, split, num, is_train):
     random.seed(0)
     np.random.seed(0)
     return [mapper(copy.deepcopy(d)) for d in dicts]
-
-
-def features_and_proposals(model, inputs):
-    """Backbone features and RPN proposals of `model` (a built-in or ours)."""
-    with torch.no_grad():
-        images = model.preprocess_image(inputs)
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
-    return images, features, proposals
 
 
 def synthetic_proposals(image_size, num, seed=0):

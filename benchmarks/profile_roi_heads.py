@@ -6,14 +6,12 @@ fixed features and proposals of the trees demo (or random R50 weights with --r50
     .venv/bin/python benchmarks/profile_roi_heads.py [--r50] [--reps 10]
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_cascade import (  # noqa: E402
+from benchmark_cascade import (
     R50_CONFIGS, TREES_CONFIGS, build_trio, features_and_proposals, propose_anchors, random_image,
     tree_inputs,
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 RoIAlign alone: torchvision's CPU kernel against the project's parallel one
-(projects/cascade/csrc), forward and backward, with 1 and 2 torch threads, on one
+(projects/cascade/layers/csrc), forward and backward, with 1 and 2 torch threads, on one
 R50-FPN P2 map (256 x 200 x 336, stride 4) and 1000 random boxes of up to 200 px:
 
     .venv/bin/python benchmarks/roi_align_kernel.py [--reps 5]
@@ -12,13 +12,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torchvision.ops import roi_align
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from projects.cascade.parallel_roi_align import ParallelROIAlign  # noqa: E402
+from projects.cascade.layers.roi_align import ParallelROIAlign
 
 SCALE, OUTPUT, SAMPLING = 0.25, (7, 7), 0
 

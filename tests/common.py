@@ -79,12 +79,3 @@ def assert_same_detections(expected, got, masks=False):
         assert torch.equal(e.pred_classes, g.pred_classes)
         if masks:
             assert torch.equal(e.pred_masks, g.pred_masks)
-
-
-def features_and_proposals(model, batch):
-    """The backbone features and RPN proposals that `model` computes for `batch`."""
-    with torch.no_grad():
-        images = model.preprocess_image(batch)
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
-    return images, features, proposals

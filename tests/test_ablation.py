@@ -1,4 +1,4 @@
-"""tools/ablation_trees.py --quick end to end: trains each chosen variant, evaluates every TEST_SCORE x TEST_STAGE, writes the table."""
+"""experiments/ablation_trees.py --quick end to end: trains each chosen variant, evaluates every TEST_SCORE x TEST_STAGE, writes the table."""
 import json
 import subprocess
 import sys
@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 def test_quick_ablation_writes_the_tables(trees_prepared, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "tools/ablation_trees.py", "--quick", "--output", str(tmp_path),
+        [sys.executable, "experiments/ablation_trees.py", "--quick", "--output", str(tmp_path),
          "--variants", "faster_rcnn", "cascade_2_stages"],
         cwd=REPO, capture_output=True, text=True,
     )

@@ -21,11 +21,11 @@ from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 
-from projects.cascade.cli import check_launch, load_config
-from projects.cascade.data_checks import CheckedDatasetMapper, register_coco_instances
+from projects.cascade.engine.launch import check_launch, load_config
+from projects.cascade.data import CheckedDatasetMapper, register_coco_instances
 from projects.cascade.errors import ConfigError, DatasetError
-from projects.cascade.resumable import ResumableTrainingSampler
-from projects.cascade.trainer import ReliableTrainer
+from projects.cascade.data.resumable_loader import ResumableTrainingSampler
+from projects.cascade.engine.trainer import ReliableTrainer
 from tests.common import build, tiny_cfg
 from tests.train_cli import CONFIG, REPO, TINY, run
 

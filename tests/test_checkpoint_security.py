@@ -10,7 +10,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from projects.cascade.checkpoint import SafeCheckpointer
+from projects.cascade.engine.checkpoint import SafeCheckpointer
 from projects.cascade.errors import CheckpointError
 from tests.common import build, tiny_cfg
 from tests.train_cli import run

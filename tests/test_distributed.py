@@ -17,8 +17,8 @@ from torch import nn
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from projects.cascade.cli import end_worker
-from projects.cascade.trainer import _WeightsInSync, weights_fingerprint
+from projects.cascade.engine.launch import end_worker
+from projects.cascade.engine.trainer import _WeightsInSync, weights_fingerprint
 from tests.train_cli import (
     REPO,
     TINY,

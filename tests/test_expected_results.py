@@ -3,7 +3,7 @@ import pytest
 
 from detectron2.config import get_cfg
 
-from projects.cascade.expected_results import ExpectedResultsError, check_expected_results
+from projects.cascade.evaluation.expected_results import ExpectedResultsError, check_expected_results
 
 RESULTS = {"bbox": {"AP": 20.5, "AP50": 58.9, "AP-tree": 20.5}, "cascade_stages": {"1~3/AP": 20.5}}
 

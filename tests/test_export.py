@@ -1,6 +1,6 @@
 """
-Export to TorchScript and ONNX (projects/cascade/export.py) against PyTorch eager, and the
-standalone runner (tools/run_exported.py) against detectron2's DefaultPredictor.
+Export to TorchScript and ONNX (projects/cascade/export/) against PyTorch eager, and the
+standalone runner (tools/deploy/run_exported.py) against detectron2's DefaultPredictor.
 """
 
 import copy
@@ -34,7 +34,7 @@ from projects.cascade.export import (
 from tests.common import build, tiny_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNNER = os.path.join(REPO, "tools", "run_exported.py")
+RUNNER = os.path.join(REPO, "tools", "deploy", "run_exported.py")
 
 # On a featureless image (the pixel mean everywhere) the random heads, whose biases start at
 # zero, give every class exactly 1/(K+1) = 0.25; on noise the best scores reach about 0.3.

@@ -8,7 +8,7 @@ from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
-from projects.cascade.iou_analysis import IoUAnalysis, format_table, save, stage_input_ious
+from projects.cascade.evaluation.iou_analysis import IoUAnalysis, format_table, save, stage_input_ious
 from tests.common import build, tiny_cfg
 
 GT = [50.0, 20.0, 90.0, 60.0]  # 40 x 40, inside the image after every shift

@@ -13,7 +13,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from projects.cascade import add_cascade_config
-from projects.cascade.mask_per_stage import MaskHeadPerStage
+from projects.cascade.modeling.roi_heads.mask_per_stage import MaskHeadPerStage
+from projects.cascade.modeling.roi_heads.sampling import match_at_stage_iou
 from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD"
@@ -402,8 +403,8 @@ def test_resample_replaces_the_regressed_ground_truth(monkeypatch):
         # As many boxes as before: each regressed gt box dropped, each exact one appended.
         assert len(after) == len(before) == 30 + len(gt)
 
-    # The check can fail: without RESAMPLE the regressed gt boxes go on to stage 2.
-    model.roi_heads.resample = False
+    # The check can fail: with detectron2's labelling the regressed gt boxes go on to stage 2.
+    model.roi_heads.label_stage = match_at_stage_iou
     seen.clear()
     with EventStorage():
         _run_heads(model, batch, proposals, train=True)

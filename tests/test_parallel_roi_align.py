@@ -7,8 +7,8 @@ from torchvision.ops import roi_align
 
 from detectron2.layers import ROIAlign
 
-from projects.cascade import parallel_roi_align
-from projects.cascade.parallel_roi_align import ParallelROIAlign, load_extension
+from projects.cascade.layers import roi_align as parallel_roi_align
+from projects.cascade.layers.roi_align import ParallelROIAlign, load_extension
 from tests.common import build, tiny_cfg
 
 

@@ -9,7 +9,9 @@ from detectron2.layers import batched_nms
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from tests.common import assert_same_detections, build, features_and_proposals, synthetic_batch, tiny_cfg
+from projects.cascade.modeling.roi_heads.pruning import keep_all
+from projects.cascade.modeling.stage_outputs import features_and_proposals
+from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 
 def _model(k, test_score="mean", nms_thresh=1.0):
@@ -22,7 +24,7 @@ def _model(k, test_score="mean", nms_thresh=1.0):
 
 def _top_rows(heads, features, proposals, k):
     """The top-k rows of each image by stage-1 foreground score, in their original order."""
-    stage1 = heads._run_stages([features[f] for f in heads.box_in_features], proposals, 1)[0]
+    stage1 = heads.run_stages([features[f] for f in heads.box_in_features], proposals, 1)[0]
     probs = heads.box_predictor[0].predict_probs(stage1.predictions, stage1.proposals)
     rows = [p[:, :-1].max(dim=1).values.topk(min(k, len(p))).indices.sort().values for p in probs]
     return stage1, rows
@@ -49,7 +51,7 @@ def test_later_stages_run_on_exactly_the_top_k_rows(test_score):
     box_features = [features[f] for f in heads.box_in_features]
     with torch.no_grad():
         full_stage1, rows = _top_rows(heads, features, proposals, k)
-        stages = heads._run_stages(box_features, proposals, heads.num_test_stages)
+        stages = heads.run_stages(box_features, proposals, heads.num_test_stages)
 
     # Stage 1 keeps exactly those rows of its outputs...
     for i, r in enumerate(rows):
@@ -70,7 +72,7 @@ def test_later_stages_run_on_exactly_the_top_k_rows(test_score):
     # The detections are those of an unpruned cascade run on the top-k proposals alone.
     with torch.no_grad():
         got = heads(images, features, proposals)[0]
-        heads.test_prune_topk = 0
+        heads.prune = keep_all
         expected = heads(images, features, [p[r] for p, r in zip(proposals, rows)])[0]
     assert sum(len(e) for e in expected) > 0
     for e, g in zip(expected, got):
@@ -103,8 +105,8 @@ def test_later_stages_run_on_exactly_the_nms_survivors(k):
     _, features, proposals = features_and_proposals(model, batch)
     box_features = [features[f] for f in heads.box_in_features]
     with torch.no_grad():
-        full = heads._run_stages(box_features, proposals, 1)[0]
-        stages = heads._run_stages(box_features, proposals, heads.num_test_stages)
+        full = heads.run_stages(box_features, proposals, 1)[0]
+        stages = heads.run_stages(box_features, proposals, heads.num_test_stages)
     probs = heads.box_predictor[0].predict_probs(full.predictions, full.proposals)
     for i, p in enumerate(probs):
         scores, classes = p[:, :-1].max(dim=1)

@@ -18,9 +18,9 @@ from detectron2.data.common import AspectRatioGroupedDataset
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
-from projects.cascade.checkpoint import SafeCheckpointer
+from projects.cascade.engine.checkpoint import SafeCheckpointer
 from projects.cascade.errors import CheckpointError
-from projects.cascade.resumable import ResumableTrainingSampler
+from projects.cascade.data.resumable_loader import ResumableTrainingSampler
 from tests.train_cli import REPO, TINY, command, env, metrics, run
 
 
@@ -93,7 +93,7 @@ _DIE_DURING_SECOND_SAVE = """
 import os, signal, sys, torch
 from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
-from projects.cascade.checkpoint import SafeCheckpointer
+from projects.cascade.engine.checkpoint import SafeCheckpointer
 
 checkpointer_class = {"safe": SafeCheckpointer, "detectron2": DetectionCheckpointer}[sys.argv[2]]
 model = nn.Linear(8, 8)

@@ -15,12 +15,12 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from projects.cascade.errors import ConfigError
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
-from projects.cascade.stage_evaluation import (
+from projects.cascade.evaluation.stage_evaluation import (
     COLUMNS,
     CascadeStageEvaluator,
     check_stage_eval_config,
 )
-from projects.cascade.stage_outputs import STAGES_KEY, CascadeStageOutputs
+from projects.cascade.modeling.stage_outputs import STAGES_KEY, CascadeStageOutputs, detections_by_stage
 from tests.common import assert_same_detections, build, synthetic_batch, tiny_cfg
 
 SIZES = ((128, 160), (96, 128), (112, 112))
@@ -212,7 +212,7 @@ def test_stage_boxes_follow_each_detection_through_the_stages(class_specific):
     proposals = Instances(images.image_sizes[0], proposal_boxes=Boxes(torch.cat([xy, xy + 20], 1)))
     with torch.no_grad():
         features = model.backbone(images.tensor)
-        (detections,), _ = heads.inference_by_stage(features, [proposals])
+        (detections,), _ = detections_by_stage(heads, features, [proposals])
 
     assert set(detections.pred_classes.tolist()) == {0, 1}
     stage_boxes = detections.stage_boxes

@@ -1,5 +1,5 @@
 """
-Tests of scripts/prepare_trees.py and projects/cascade/trees.py.
+Tests of scripts/prepare_trees.py and projects/cascade/data/datasets/trees.py.
 
 The unit tests use hand-built inputs with known answers. The rest prepare the real
 data once per session into a temporary folder (downloads the ~20 MB deepforest
@@ -21,7 +21,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from projects.cascade import trees
+from projects.cascade.data.datasets import trees
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from projects.cascade.trainer import weights_fingerprint
+from projects.cascade.engine.trainer import weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/trees/cascade_rcnn_trees.yaml"

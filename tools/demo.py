@@ -14,21 +14,19 @@ can be seen. `--video-input` writes the video with the detections drawn on every
 import argparse
 import glob
 import os
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
 
-from projects.cascade.cli import load_config  # noqa: E402
-from projects.cascade.stage_outputs import CascadeStageOutputs  # noqa: E402
+from projects.cascade.engine.launch import load_config
+from projects.cascade.modeling.stage_outputs import CascadeStageOutputs
 
 PROPOSAL_COLOUR = (0.6, 0.6, 0.6)
 STAGE_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),

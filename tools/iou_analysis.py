@@ -14,20 +14,18 @@ iou_analysis.json to --output, and prints the fraction of boxes at IoU >= 0.5, 0
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import DatasetMapper, build_detection_test_loader  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper, build_detection_test_loader
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
 
-from projects.cascade import CascadeRCNNROIHeads  # noqa: E402
-from projects.cascade.cli import load_config  # noqa: E402
-from projects.cascade.iou_analysis import (  # noqa: E402
+from projects.cascade import CascadeRCNNROIHeads
+from projects.cascade.engine.launch import load_config
+from projects.cascade.evaluation.iou_analysis import (
     MODES,
     IoUAnalysis,
     format_table,

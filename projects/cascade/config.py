@@ -1,4 +1,8 @@
-"""Config keys of the cascade, and the checks that turn a bad value into an error naming the key."""
+"""
+Config keys of the cascade, and the checks that turn a bad value into an error naming the
+key. The checks are pure functions of a value and its name, so that the YAML keys and the
+constructor arguments of `CascadeRCNNROIHeads` (LazyConfig) share them.
+"""
 import logging
 from numbers import Real
 
@@ -89,27 +93,16 @@ def cascade_stage_settings(cfg):
 
     if len(ious) == 0:
         raise ValueError(f"{_CASCADE}.IOUS is empty: a cascade needs at least one stage.")
-    for key, values in (("BBOX_REG_WEIGHTS", reg_weights), ("STAGE_LOSS_WEIGHTS", loss_weights)):
-        if len(values) != len(ious):
-            raise ValueError(
-                f"{_CASCADE}.{key} has {len(values)} entries but {_CASCADE}.IOUS has "
-                f"{len(ious)}: give one entry per stage."
-            )
+    check_one_per_stage(reg_weights, f"{_CASCADE}.BBOX_REG_WEIGHTS", len(ious), f"{_CASCADE}.IOUS")
+    check_stage_loss_weights(loss_weights, f"{_CASCADE}.STAGE_LOSS_WEIGHTS", len(ious), f"{_CASCADE}.IOUS")
     for k, iou in enumerate(ious):
-        if not isinstance(iou, Real) or not 0.0 < iou < 1.0:
-            raise ValueError(f"{_CASCADE}.IOUS[{k}] = {iou!r}: an IoU threshold must lie in (0, 1).")
+        _require(isinstance(iou, Real) and 0.0 < iou < 1.0, f"{_CASCADE}.IOUS[{k}]", iou,
+                 "an IoU threshold must lie in (0, 1)")
     for k, w in enumerate(reg_weights):
-        if not (isinstance(w, tuple) and len(w) == 4 and all(isinstance(x, Real) for x in w)):
-            raise ValueError(
-                f"{_CASCADE}.BBOX_REG_WEIGHTS[{k}] = {w!r}: expected 4 numbers (wx, wy, ww, wh)."
-            )
-        if any(x <= 0 for x in w):
-            raise ValueError(f"{_CASCADE}.BBOX_REG_WEIGHTS[{k}] = {w!r}: weights must be positive.")
-    for k, w in enumerate(loss_weights):
-        if not isinstance(w, Real) or w < 0:
-            raise ValueError(
-                f"{_CASCADE}.STAGE_LOSS_WEIGHTS[{k}] = {w!r}: a loss weight must be a number >= 0."
-            )
+        name = f"{_CASCADE}.BBOX_REG_WEIGHTS[{k}]"
+        _require(isinstance(w, tuple) and len(w) == 4 and all(isinstance(x, Real) for x in w),
+                 name, w, "expected 4 numbers (wx, wy, ww, wh)")
+        _require(all(x > 0 for x in w), name, w, "weights must be positive")
     if any(b <= a for a, b in zip(ious, ious[1:])):
         # Legal (the paper's Table 3 ablates equal IoUs), but usually a typo.
         logger.warning(
@@ -119,53 +112,74 @@ def cascade_stage_settings(cfg):
     return ious, reg_weights, loss_weights
 
 
-def cascade_test_settings(cfg):
-    """
-    Return (test_score, num_test_stages): how the final scores are formed, and how many
-    stages run at test time (TEST_STAGE, with -1 resolved). Raises ValueError naming the key.
-    """
+def cascade_head_arguments(cfg):
+    """The options of `CascadeRCNNROIHeads` beyond its per-stage modules, read from `cfg`."""
     node = cfg.MODEL.ROI_BOX_CASCADE_HEAD
     num_stages = len(node.IOUS)
-    if node.TEST_SCORE not in TEST_SCORES:
-        raise ValueError(
-            f"{_CASCADE}.TEST_SCORE = {node.TEST_SCORE!r}: expected one of "
-            f"{', '.join(TEST_SCORES)}."
-        )
-    stage = node.TEST_STAGE
-    is_int = isinstance(stage, int) and not isinstance(stage, bool)
-    if not (is_int and (stage == -1 or 1 <= stage <= num_stages)):
-        raise ValueError(
-            f"{_CASCADE}.TEST_STAGE = {stage!r}: expected -1 (all stages) or a stage in "
-            f"1..{num_stages} (stages count from 1)."
-        )
-    return node.TEST_SCORE, num_stages if stage == -1 else stage
-
-
-def cascade_prune_topk(cfg):
-    """Return TEST_PRUNE_TOPK after checking it is an int >= 0 (0: off)."""
-    k = cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK
-    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
-        raise ValueError(
-            f"{_CASCADE}.TEST_PRUNE_TOPK = {k!r}: expected an integer >= 0 "
-            "(0 turns pruning off)."
-        )
-    return k
-
-
-def cascade_prune_nms_thresh(cfg):
-    """Return TEST_PRUNE_NMS_THRESH after checking it is an IoU in (0, 1] (1: off)."""
-    thresh = cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH
-    if not (isinstance(thresh, Real) and not isinstance(thresh, bool) and 0 < thresh <= 1):
-        raise ValueError(
-            f"{_CASCADE}.TEST_PRUNE_NMS_THRESH = {thresh!r}: expected an IoU in (0, 1] "
-            "(1.0 turns it off)."
-        )
-    return float(thresh)
+    check_test_score(node.TEST_SCORE, f"{_CASCADE}.TEST_SCORE")
+    check_num_test_stages(None if node.TEST_STAGE == -1 else node.TEST_STAGE, num_stages,
+                          f"{_CASCADE}.TEST_STAGE", "-1 (all stages) or ")
+    check_prune_topk(node.TEST_PRUNE_TOPK, f"{_CASCADE}.TEST_PRUNE_TOPK")
+    check_prune_nms_thresh(node.TEST_PRUNE_NMS_THRESH, f"{_CASCADE}.TEST_PRUNE_NMS_THRESH")
+    return {
+        "scale_feature_gradient": cascade_switch(cfg, "SCALE_FEATURE_GRADIENT"),
+        "test_score": node.TEST_SCORE,
+        "num_test_stages": None if node.TEST_STAGE == -1 else node.TEST_STAGE,
+        "resample": cascade_switch(cfg, "RESAMPLE"),
+        "test_prune_topk": node.TEST_PRUNE_TOPK,
+        "test_prune_nms_thresh": float(node.TEST_PRUNE_NMS_THRESH),
+    }
 
 
 def cascade_switch(cfg, key):
     """Return the on/off option `key` of the cascade node, after checking it is a bool."""
     value = cfg.MODEL.ROI_BOX_CASCADE_HEAD[key]
-    if not isinstance(value, bool):
-        raise ValueError(f"{_CASCADE}.{key} = {value!r}: expected True or False.")
+    _require(isinstance(value, bool), f"{_CASCADE}.{key}", value, "expected True or False")
     return value
+
+
+# Checks of one value, named `name` in the error: a config key, or a constructor argument.
+
+
+def _require(ok, name, value, expected):
+    if not ok:
+        raise ValueError(f"{name} = {value!r}: {expected}.")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_one_per_stage(values, name, num_stages, stages_name):
+    if len(values) != num_stages:
+        raise ValueError(
+            f"{name} has {len(values)} entries but {stages_name} has {num_stages}: give one "
+            "entry per stage."
+        )
+
+
+def check_stage_loss_weights(weights, name, num_stages, stages_name):
+    check_one_per_stage(weights, name, num_stages, stages_name)
+    for k, w in enumerate(weights):
+        _require(isinstance(w, Real) and w >= 0, f"{name}[{k}]", w,
+                 "a loss weight must be a number >= 0")
+
+
+def check_test_score(value, name):
+    _require(value in TEST_SCORES, name, value, f"expected one of {', '.join(TEST_SCORES)}")
+
+
+def check_num_test_stages(value, num_stages, name, also=""):
+    """`value` is None (every stage) or k in 1..num_stages."""
+    _require(value is None or (_is_int(value) and 1 <= value <= num_stages), name, value,
+             f"expected {also}a stage in 1..{num_stages} (stages count from 1)")
+
+
+def check_prune_topk(value, name):
+    _require(_is_int(value) and value >= 0, name, value,
+             "expected an integer >= 0 (0 turns pruning off)")
+
+
+def check_prune_nms_thresh(value, name):
+    _require(isinstance(value, Real) and not isinstance(value, bool) and 0 < value <= 1, name,
+             value, "expected an IoU in (0, 1] (1.0 turns it off)")

@@ -1,22 +1,21 @@
 #!/usr/bin/env python
 """
-Export a trained model to TorchScript or ONNX by tracing (see projects/cascade/export.py),
+Export a trained model to TorchScript or ONNX by tracing (see projects/cascade/export/),
 in the manner of detectron2's tools/deploy/export_model.py:
 
-    python tools/export_model.py --config-file configs/trees/cascade_rcnn_trees.yaml \\
+    python tools/deploy/export_model.py --config-file configs/trees/cascade_rcnn_trees.yaml \\
         --format onnx --output output/export/trees MODEL.WEIGHTS model_final.pth
 
 The model is traced on the first sample image: --sample-image files, else the images of
 --dataset (default: the config's first DATASETS.TEST). --verify then runs the exported
 model and PyTorch eager on every sample (at most --num-samples), prints their largest
 differences and times per image as a markdown table, and fails if a difference is out of
-tolerance. tools/run_exported.py runs the exported file without detectron2.
+tolerance. tools/deploy/run_exported.py runs the exported file without detectron2.
 """
 
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
@@ -26,9 +25,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: projects/
-from projects.cascade import add_cascade_config  # noqa: E402
-from projects.cascade.export import (  # noqa: E402
+from projects.cascade import add_cascade_config
+from projects.cascade.export import (
     FORMATS,
     ONNX_OPSET,
     ExportedModel,

@@ -18,10 +18,10 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .cascade_roi_heads import CascadeRCNNROIHeads
-from .errors import ConfigError
-from .evaluation import COCOEvaluatorAtIoUs
-from .stage_outputs import STAGES_KEY
+from ..modeling.roi_heads.cascade_roi_heads import CascadeRCNNROIHeads
+from ..errors import ConfigError
+from .coco_evaluation import COCOEvaluatorAtIoUs
+from ..modeling.stage_outputs import STAGES_KEY
 
 __all__ = ["CascadeStageEvaluator", "check_stage_eval_config", "TASK", "COLUMNS"]
 

@@ -27,8 +27,8 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import SafeCheckpointer
-from .data_checks import CheckedDatasetMapper
-from .resumable import build_resumable_train_loader, iteration_seed
+from ..data.dataset_mapper import CheckedDatasetMapper
+from ..data.resumable_loader import build_resumable_train_loader, iteration_seed
 
 __all__ = ["ReliableTrainer", "weights_fingerprint"]
 

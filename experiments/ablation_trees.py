@@ -4,8 +4,8 @@ Ablate the cascade's options on the real tree crowns: train each variant with th
 budget and seed, then evaluate every TEST_SCORE mode and TEST_STAGE of each trained
 cascade without retraining.
 
-    python tools/ablation_trees.py            # the full run: 6 trainings of ~10-14 CPU minutes
-    python tools/ablation_trees.py --quick    # 2 iterations each, to check the pipeline
+    python experiments/ablation_trees.py            # the full run: 6 trainings of ~10-14 CPU minutes
+    python experiments/ablation_trees.py --quick    # 2 iterations each, to check the pipeline
 
 Trainings are plain `train_net.py` calls; one whose metrics.json already holds its final
 evaluation is reused. Writes <output>/ablation.md and ablation.json.
@@ -19,17 +19,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import build_detection_test_loader  # noqa: E402
-from detectron2.evaluation import inference_on_dataset  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset
+from detectron2.modeling import build_model
+from detectron2.checkpoint import DetectionCheckpointer
 
-from projects.cascade import add_cascade_config  # noqa: E402
-from projects.cascade.config import TEST_SCORES  # noqa: E402
-from projects.cascade.evaluation import COCOEvaluatorAtIoUs  # noqa: E402
+from projects.cascade import add_cascade_config
+from projects.cascade.config import TEST_SCORES
+from projects.cascade.evaluation import COCOEvaluatorAtIoUs
 
 REPO = Path(__file__).resolve().parents[1]
 CASCADE = "configs/trees/cascade_rcnn_trees.yaml"
@@ -38,8 +37,8 @@ KEY = "MODEL.ROI_BOX_CASCADE_HEAD."
 VARIANTS = {
     "faster_rcnn": ("Faster R-CNN", "configs/trees/faster_rcnn_trees.yaml", []),
     "cascade_3_stages": ("cascade, detectron2 defaults (3 stages)", CASCADE, []),
-    "mmdet_weights": ("stage weights (1, 0.5, 0.25), no gradient scaling",
-                      "configs/trees/cascade_rcnn_trees_mmdet_weights.yaml", []),
+    "mmdet_loss_weights": ("stage weights (1, 0.5, 0.25), no gradient scaling",
+                      "configs/trees/cascade_rcnn_trees_mmdet_loss_weights.yaml", []),
     "resample": ("RESAMPLE", CASCADE, [KEY + "RESAMPLE", "True"]),
     "cascade_2_stages": ("2 stages (0.5, 0.6)", CASCADE, [
         KEY + "IOUS", "(0.5, 0.6)",

@@ -13,18 +13,12 @@ import json
 import math
 import os
 
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from detectron2.data.detection_utils import SizeMismatchError
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
-__all__ = [
-    "CheckedDatasetMapper",
-    "check_coco_json",
-    "load_checked_coco_json",
-    "register_coco_instances",
-]
+__all__ = ["check_coco_json", "load_checked_coco_json", "register_coco_instances"]
 
 # Annotation tools round box corners; a box may pass the image border by this much.
 _EDGE_TOLERANCE = 1.0
@@ -123,7 +117,8 @@ def check_coco_json(json_file, image_root, dataset_name):
     one image; image ids are unique, every image file exists and its width and
     height are positive; annotation ids are unique and their image and category ids
     exist; every box is 4 finite numbers with a positive width and height, inside its
-    image. Image contents are checked when they are read (:class:`CheckedDatasetMapper`).
+    image. Image contents are checked when they are read
+    (:class:`~projects.cascade.data.dataset_mapper.CheckedDatasetMapper`).
     """
     data = _read_json(json_file, dataset_name)
     if not os.path.isdir(image_root):
@@ -154,21 +149,3 @@ def register_coco_instances(name, metadata, json_file, image_root):
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
     )
-
-
-class CheckedDatasetMapper(DatasetMapper):
-    """
-    detectron2's `DatasetMapper`, turning an image that cannot be read (missing,
-    truncated, not an image, or not the size the json says) into a
-    :class:`DatasetError` naming the image id and file.
-    """
-
-    def __call__(self, dataset_dict):
-        try:
-            return super().__call__(dataset_dict)
-        except (OSError, SyntaxError, SizeMismatchError) as e:
-            # PIL raises OSError for truncated or unknown files, SyntaxError for broken PNGs.
-            raise DatasetError(
-                f"Image id {dataset_dict.get('image_id')} ({dataset_dict['file_name']}) "
-                f"cannot be used: {type(e).__name__}: {e}"
-            ) from e

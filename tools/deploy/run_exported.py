@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """
-Run a model exported by tools/export_model.py on image files, without detectron2.
+Run a model exported by tools/deploy/export_model.py on image files, without detectron2.
 This file is what a deployment ships next to model.onnx or model.ts:
 
-    python tools/run_exported.py output/export/model.onnx image.png [more.png ...]
-    python tools/run_exported.py model.ts image.png --draw out/ --min-score 0.5
+    python tools/deploy/run_exported.py output/export/model.onnx image.png [more.png ...]
+    python tools/deploy/run_exported.py model.ts image.png --draw out/ --min-score 0.5
 
 It prints one line per detection (class, score, box in the original image's pixels, and the
 mask's area for Mask R-CNN); --draw writes each image with its detections drawn.
@@ -64,7 +64,7 @@ class ExportedDetector:
         if not metadata:
             raise ValueError(
                 f"{path} has no '{METADATA_KEY}' metadata (input format, resize, output names): "
-                "export it with tools/export_model.py."
+                "export it with tools/deploy/export_model.py."
             )
         self.metadata = json.loads(metadata)
         if self.metadata["input_format"] not in ("RGB", "BGR"):
@@ -208,7 +208,7 @@ def draw(rgb, detections, class_names, min_score):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="model.onnx or model.ts written by tools/export_model.py")
+    parser.add_argument("model", help="model.onnx or model.ts written by tools/deploy/export_model.py")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--min-score", type=float, default=0.0, help="print and draw only these")
     parser.add_argument("--draw", metavar="DIR", help="write each image with its detections here")

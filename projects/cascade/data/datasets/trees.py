@@ -11,14 +11,14 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .data_checks import load_checked_coco_json
+from ..coco_checks import load_checked_coco_json
 
 __all__ = ["SPLITS", "register_trees"]
 
 SPLITS = ("train", "val", "test")
 THING_CLASSES = ["tree"]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def _default_root():

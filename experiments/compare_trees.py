@@ -3,7 +3,7 @@
 Train the two tree-crown demo models (cascade and Faster R-CNN, same recipe) on
 several seeds and print one table of their trees_val results.
 
-    python tools/compare_trees.py --seeds 1 2
+    python experiments/compare_trees.py --seeds 1 2
 
 Each run is a plain `train_net.py` call writing to output/trees/<model>_seed<N>/.
 A run whose metrics.json already holds its final evaluation is read, not redone

@@ -26,7 +26,7 @@ from detectron2.data import DatasetFromList, get_detection_dataset_dicts
 from detectron2.data.build import build_batch_data_loader
 from detectron2.utils import comm
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ResumableTrainingSampler", "build_resumable_train_loader", "iteration_seed"]
 

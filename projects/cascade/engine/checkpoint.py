@@ -11,7 +11,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["SafeCheckpointer", "load_restricted_pickle"]
 

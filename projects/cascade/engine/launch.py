@@ -14,8 +14,8 @@ import yaml
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 
-from .config import add_cascade_config, cascade_stage_settings
-from .errors import ConfigError
+from ..config import add_cascade_config, cascade_stage_settings
+from ..errors import ConfigError
 
 __all__ = ["load_config", "check_launch", "end_worker"]
 

@@ -1,0 +1,3 @@
+from .trees import register_trees
+
+__all__ = ["register_trees"]
