@@ -1,13 +1,43 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from projects.cascade.export import FORMATS, deploy_metadata, export_model
+from tests.helpers import (
+    EXPORT_MODELS,
+    build,
+    eager_inference,
+    export_test_images,
+    load_script,
+    noise,
+    tiny_export_cfg,
+)
 
 
 @pytest.fixture(scope="session")
 def trees_prepared():
-    """The real tree-crown datasets in their default place (idempotent: fast once prepared)."""
-    subprocess.run([sys.executable, "scripts/prepare_trees.py"], cwd=REPO, check=True)
+    """The folder of the real tree-crown datasets in their default place, prepared if absent."""
+    prepare_trees = load_script("scripts/prepare_trees.py")
+    folder = prepare_trees.default_output_dir()
+    prepare_trees.prepare(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """
+    name -> (cfg, model, {format: exported file}, {image name: (image, eager Instances)})
+    for the tiny EXPORT_MODELS, made once, on first use.
+    """
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cfg = tiny_export_cfg(**EXPORT_MODELS[name])
+            model = build(cfg, seed=0).eval()
+            out = str(tmp_path_factory.mktemp(name))
+            image = noise(128, 160, 0)
+            files = {f: export_model(model, image, f, out, deploy_metadata(cfg)) for f in FORMATS}
+            eager = {k: (v, eager_inference(model, v)) for k, v in export_test_images(model).items()}
+            cache[name] = cfg, model, files, eager
+        return cache[name]
+
+    return get

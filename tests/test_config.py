@@ -1,0 +1,179 @@
+"""
+projects/cascade/config.py: the defaults `add_cascade_config` adds, and the checks that turn
+a bad value of a cascade key into a ValueError naming the key, called on the config alone.
+"""
+import logging
+
+import pytest
+
+from detectron2.config import get_cfg
+
+from projects.cascade import add_cascade_config
+from projects.cascade.config import cascade_head_arguments, cascade_stage_settings, cascade_switch
+
+KEY = "MODEL.ROI_BOX_CASCADE_HEAD"
+ONE_PER_STAGE = "give one entry per stage."
+
+
+def _cfg(**cascade_keys):
+    cfg = get_cfg()
+    add_cascade_config(cfg)
+    for key, value in cascade_keys.items():
+        setattr(cfg.MODEL.ROI_BOX_CASCADE_HEAD, key, value)
+    return cfg
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def test_add_cascade_config_keeps_detectron2_defaults():
+    plain_keys, our_keys = _flat(get_cfg()), _flat(_cfg())
+    assert {k: our_keys[k] for k in plain_keys} == plain_keys
+
+
+def test_defaults_follow_the_design():
+    cfg = _cfg()
+    node = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+    assert node.STAGE_LOSS_WEIGHTS == (1.0, 1.0, 1.0)
+    assert node.SCALE_FEATURE_GRADIENT is True
+    assert (node.TEST_SCORE, node.TEST_STAGE, node.RESAMPLE, node.MASK_PER_STAGE) == (
+        "mean", -1, False, False
+    )
+    assert (node.TEST_PRUNE_TOPK, node.TEST_PRUNE_NMS_THRESH) == (0, 1.0)
+    assert node.PARALLEL_CPU_ROI_ALIGN is True
+    assert cfg.TEST.CASCADE_STAGE_EVAL is False
+
+
+# ------------------------------------------------------------ per-stage lists
+
+
+def test_stage_settings_of_the_defaults():
+    ious, reg_weights, loss_weights = cascade_stage_settings(_cfg())
+    assert ious == [0.5, 0.6, 0.7]
+    assert reg_weights == [(10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
+    assert loss_weights == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (
+            {"BBOX_REG_WEIGHTS": [(10, 10, 5, 5), (20, 20, 10, 10)]},
+            f"{KEY}.BBOX_REG_WEIGHTS has 2 entries but {KEY}.IOUS has 3: {ONE_PER_STAGE}",
+        ),
+        (
+            {"STAGE_LOSS_WEIGHTS": [1.0]},
+            f"{KEY}.STAGE_LOSS_WEIGHTS has 1 entries but {KEY}.IOUS has 3: {ONE_PER_STAGE}",
+        ),
+        (  # fewer IoUs than the other lists' default 3 entries
+            {"IOUS": [0.5, 0.6]},
+            f"{KEY}.BBOX_REG_WEIGHTS has 3 entries but {KEY}.IOUS has 2: {ONE_PER_STAGE}",
+        ),
+        (
+            {"IOUS": [0.5, 1.2, 0.7]},
+            f"{KEY}.IOUS[1] = 1.2: an IoU threshold must lie in (0, 1).",
+        ),
+        (
+            {"IOUS": [0.0, 0.6, 0.7]},
+            f"{KEY}.IOUS[0] = 0.0: an IoU threshold must lie in (0, 1).",
+        ),
+        (
+            {"IOUS": [], "BBOX_REG_WEIGHTS": [], "STAGE_LOSS_WEIGHTS": []},
+            f"{KEY}.IOUS is empty: a cascade needs at least one stage.",
+        ),
+        (
+            {"BBOX_REG_WEIGHTS": [(10, 10, 5), (20, 20, 10, 10), (30, 30, 15, 15)]},
+            f"{KEY}.BBOX_REG_WEIGHTS[0] = (10, 10, 5): expected 4 numbers (wx, wy, ww, wh).",
+        ),
+        (
+            {"BBOX_REG_WEIGHTS": [(10, 10, 5, 5), (20, 20, 0, 10), (30, 30, 15, 15)]},
+            f"{KEY}.BBOX_REG_WEIGHTS[1] = (20, 20, 0, 10): weights must be positive.",
+        ),
+        (
+            {"STAGE_LOSS_WEIGHTS": [1.0, -0.5, 0.25]},
+            f"{KEY}.STAGE_LOSS_WEIGHTS[1] = -0.5: a loss weight must be a number >= 0.",
+        ),
+    ],
+    ids=["reg-weights-length", "loss-weights-length", "ious-length", "iou-above-1", "iou-0",
+         "no-stage", "reg-weights-3-numbers", "reg-weight-0", "negative-loss-weight"],
+)
+def test_bad_stage_lists_name_the_key(keys, message):
+    with pytest.raises(ValueError) as e:
+        cascade_stage_settings(_cfg(**keys))
+    assert str(e.value) == message
+
+
+def test_non_increasing_ious_warn(caplog):
+    with caplog.at_level(logging.WARNING, logger="projects.cascade.config"):
+        cascade_stage_settings(_cfg(IOUS=[0.5, 0.7, 0.6]))
+    assert f"{KEY}.IOUS = [0.5, 0.7, 0.6] does not increase from stage to stage" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="projects.cascade.config"):
+        cascade_stage_settings(_cfg())
+    assert "does not increase" not in caplog.text
+
+
+# ------------------------------------------------------------- head options
+
+
+def test_head_arguments_of_the_defaults_and_of_valid_values():
+    assert cascade_head_arguments(_cfg()) == {
+        "scale_feature_gradient": True,
+        "test_score": "mean",
+        "num_test_stages": None,
+        "resample": False,
+        "test_prune_topk": 0,
+        "test_prune_nms_thresh": 1.0,
+    }
+    arguments = cascade_head_arguments(
+        _cfg(TEST_SCORE="last", TEST_STAGE=3, RESAMPLE=True, SCALE_FEATURE_GRADIENT=False,
+             TEST_PRUNE_TOPK=5, TEST_PRUNE_NMS_THRESH=1)
+    )
+    assert arguments == {
+        "scale_feature_gradient": False,
+        "test_score": "last",
+        "num_test_stages": 3,
+        "resample": True,
+        "test_prune_topk": 5,
+        "test_prune_nms_thresh": 1.0,
+    }
+    assert type(arguments["test_prune_nms_thresh"]) is float
+
+
+EXPECTED = {
+    "TEST_SCORE": "expected one of mean, mean_on_final, last.",
+    "TEST_STAGE": "expected -1 (all stages) or a stage in 1..3 (stages count from 1).",
+    "TEST_PRUNE_TOPK": "expected an integer >= 0 (0 turns pruning off).",
+    "TEST_PRUNE_NMS_THRESH": "expected an IoU in (0, 1] (1.0 turns it off).",
+}
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("TEST_SCORE", "max"),
+        *[("TEST_STAGE", v) for v in (0, 4, -2)],
+        *[("TEST_PRUNE_TOPK", v) for v in (-1, 1.5, True, "100", None)],
+        *[("TEST_PRUNE_NMS_THRESH", v) for v in (0, -0.1, 1.5, True, "0.7", None)],
+    ],
+)
+def test_bad_head_options_name_the_key(key, value):
+    with pytest.raises(ValueError) as e:
+        cascade_head_arguments(_cfg(**{key: value}))
+    assert str(e.value) == f"{KEY}.{key} = {value!r}: {EXPECTED[key]}"
+
+
+@pytest.mark.parametrize(
+    "key", ["SCALE_FEATURE_GRADIENT", "RESAMPLE", "MASK_PER_STAGE", "PARALLEL_CPU_ROI_ALIGN"]
+)
+def test_switches_take_only_booleans(key):
+    assert cascade_switch(_cfg(**{key: True}), key) is True
+    assert cascade_switch(_cfg(**{key: False}), key) is False
+    for value in ("yes", 1):
+        with pytest.raises(ValueError) as e:
+            cascade_switch(_cfg(**{key: value}), key)
+        assert str(e.value) == f"{KEY}.{key} = {value!r}: expected True or False."
