@@ -19,13 +19,7 @@ It prints Markdown tables and writes them as JSON (--output).
 """
 import argparse
 import copy
-import ctypes
-import gc
-import json
 import os
-import platform
-import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -46,6 +40,9 @@ from detectron2.utils.logger import setup_logger
 
 from projects.cascade import add_cascade_config
 from projects.cascade.modeling.stage_outputs import features_and_proposals
+
+from harness import machine, paired_memory, paired_times, summarize
+from report import ResultsFile, markdown
 
 HEADS = {"ours": "CascadeRCNNROIHeads", "builtin": "CascadeROIHeads", "faster": "StandardROIHeads"}
 TORCHVISION_ROI_ALIGN = {"MODEL.ROI_BOX_CASCADE_HEAD.PARALLEL_CPU_ROI_ALIGN": False}
@@ -128,84 +125,6 @@ def trio(models):
 def _load(path):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return checkpoint.get("model", checkpoint)
-
-
-# ----------------------------------------------------------------------------- timing
-def paired_times(fns, reps, warmup):
-    """{name: [seconds per repetition]}; the order alternates between repetitions."""
-    names = list(fns)
-    for r in range(warmup):
-        for n in names:
-            fns[n](r)
-    times = {n: [] for n in names}
-    for r in range(reps):
-        for n in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            fns[n](r)
-            times[n].append(time.perf_counter() - start)
-    return times
-
-
-def summarize(times, unit=1000.0):
-    """
-    Median per name, in ms, and the median paired ratio to builtin and to faster, with the
-    quartiles of the paired ratios: the spread that load and noise give the ratio.
-    """
-    row = {}
-    for n, ts in times.items():
-        row[n] = {"median_ms": statistics.median(ts) * unit, "reps": len(ts)}
-        for ref in ("builtin", "faster"):
-            if ref in times and ref != n:
-                ratios = [a / b for a, b in zip(ts, times[ref])]
-                row[n][f"x_{ref}"] = statistics.median(ratios)
-                if len(ratios) >= 4:
-                    q1, _, q3 = statistics.quantiles(ratios, n=4)
-                    row[n][f"x_{ref}_quartiles"] = (q1, q3)
-    return row
-
-
-# ----------------------------------------------------------------------------- memory
-_LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_rss_mb(fn):
-    """
-    Peak resident memory while `fn` runs, above the resident memory before it (MB). The
-    kernel's high-water mark (VmHWM) is reset first, and freed heap memory returned to the
-    system, so that what an earlier model left cached does not hide this one's peak.
-    """
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    before = _status_kb("VmRSS")
-    fn()
-    return (_status_kb("VmHWM") - before) / 1024.0
-
-
-def paired_memory(fns, reps):
-    """{name: median peak RSS increase (MB)} over `reps` alternating repetitions."""
-    names = list(fns)
-    peaks = {n: [] for n in names}
-    for r in range(reps):
-        for n in names if r % 2 == 0 else names[::-1]:
-            peaks[n].append(peak_rss_mb(fns[n]))
-    row = {}
-    for n, ps in peaks.items():
-        row[n] = {"median_mb": statistics.median(ps), "reps": len(ps)}
-        for ref in ("builtin", "faster"):
-            if ref != n:
-                row[n][f"x_{ref}"] = statistics.median(ps) / statistics.median(peaks[ref])
-    return row
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -488,127 +407,6 @@ def add_overheads(timing):
             row[key] = overhead / ref_overhead if ref_overhead > 0 else None
 
 
-# ----------------------------------------------------------------------------- report
-def _fmt(v, digits=1):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _ratio(row, ref):
-    """The median paired ratio, with its quartiles where measured."""
-    text = _fmt(row[f"x_{ref}"], 3)
-    if f"x_{ref}_quartiles" in row:
-        q1, q3 = row[f"x_{ref}_quartiles"]
-        text += f" ({q1:.3f}-{q3:.3f})"
-    return text
-
-
-def markdown(results):
-    lines = []
-
-    def table(title, rows, value, unit):
-        with_tv = all("ours_tv" in row for _, row in rows)
-        lines.append(f"\n{title}\n")
-        lines.append(
-            "| | ours | builtin | faster | ours / builtin | ours / faster |"
-            + (" ours_tv | ours_tv / builtin |" if with_tv else "")
-        )
-        lines.append("|---|---|---|---|---|---|" + ("---|---|" if with_tv else ""))
-        for label, row in rows:
-            lines.append(
-                f"| {label} | {_fmt(row['ours'][value])} {unit} | {_fmt(row['builtin'][value])} "
-                f"{unit} | {_fmt(row['faster'][value])} {unit} | "
-                f"{_ratio(row['ours'], 'builtin')} | {_ratio(row['ours'], 'faster')} |"
-                + (
-                    f" {_fmt(row['ours_tv'][value])} {unit} | {_ratio(row['ours_tv'], 'builtin')} |"
-                    if with_tv else ""
-                )
-            )
-
-    main = [
-        (k, results[k])
-        for k in (
-            "r50/inference", "r50/roi_heads", "trees/inference", "trees/roi_heads",
-            "trees/train_iter",
-        )
-        if k in results
-    ]
-    table("Time (median ms; ratios: median of paired ratios)", main, "median_ms", "ms")
-    mem = [
-        (k, results[k])
-        for k in ("r50/inference_peak_rss", "trees/inference_peak_rss", "trees/train_peak_rss")
-        if k in results
-    ]
-    table("Peak RSS increase (median MB)", mem, "median_mb", "MB")
-    lines.append("\nParameters and FLOPs (fvcore)\n")
-    lines.append("| | model | params (M) | GFLOPs | ROI heads params (M) | ROI heads GFLOPs |")
-    lines.append("|---|---|---|---|---|---|")
-    for setup in ("r50", "trees"):
-        rows = results.get(f"{setup}/params_flops", {})
-        for n, row in rows.items():
-            lines.append(
-                f"| {setup} | {n} | {_fmt(row['params_M'], 2)} | {_fmt(row['gflops'], 2)} | "
-                f"{_fmt(row['roi_heads_params_M'], 2)} | {_fmt(row['roi_heads_gflops'], 2)} |"
-            )
-    for key, label in (
-        ("trees/roi_heads_by_proposals", "proposals"),
-        ("trees/roi_heads_by_stages", "stages"),
-    ):
-        if key in results:
-            table(f"ROI heads by {label} (trees demo, median ms)",
-                  list(results[key].items()), "median_ms", "ms")
-    for key in ("trees/prune", "r50/prune_roi_heads"):
-        if key not in results:
-            continue
-        lines.append(f"\nTEST_PRUNE_TOPK: {key}\n")
-        lines.append(
-            "| pruning | AP | AP75 | test AP | ms | x faster | overhead vs off | vs builtin |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for name, row in results[key].items():
-            if not isinstance(row, dict):
-                continue
-            lines.append(
-                f"| {name} | {_fmt(row.get('AP'))} | {_fmt(row.get('AP75'))} | "
-                f"{_fmt(row.get('test_AP'))} | "
-                f"{_fmt(row['median_ms'])} | {_fmt(row.get('x_faster'), 3)} | "
-                f"{_fmt(row.get('overhead_vs_off'), 2)} | "
-                f"{_fmt(row.get('overhead_vs_builtin'), 2)} |"
-            )
-    return "\n".join(lines)
-
-
-def machine():
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "loadavg_1_5_15": load,
-    }
-
-
-class _Results(dict):
-    """The results, written to `path` again after every section, so that a long run keeps them."""
-
-    def __init__(self, path, **kwargs):
-        super().__init__(**kwargs)
-        self.path = path
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self, indent=1))
-        print(f"  {key}: done", flush=True)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
@@ -641,7 +439,7 @@ def main(argv=None):
     setup_logger(name="detectron2", abbrev_name="d2").setLevel("WARNING")
     torch.set_num_threads(args.threads)
     out = Path(args.output)
-    results = _Results(out, machine=machine(), quick=args.quick, reps=args.reps)
+    results = ResultsFile(out, machine=machine(), quick=args.quick, reps=args.reps)
     start = time.perf_counter()
     if args.only in (None, "r50"):
         run_r50(args, results)
