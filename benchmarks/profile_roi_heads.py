@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmark_cascade import (
-    R50_CONFIGS, TREES_CONFIGS, build_trio, features_and_proposals, propose_anchors, random_image,
-    tree_inputs,
-)
+from projects.cascade.modeling.stage_outputs import features_and_proposals
+
+from compared_models import build_trio
+from r50_setup import R50_CONFIGS, propose_anchors
+from trees_setup import TREES_CONFIGS
+from workloads import random_image, tree_inputs
 
 
 def main():

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
@@ -38,7 +37,7 @@ VARIANTS = {
     "faster_rcnn": ("Faster R-CNN", "configs/trees/faster_rcnn_trees.yaml", []),
     "cascade_3_stages": ("cascade, detectron2 defaults (3 stages)", CASCADE, []),
     "mmdet_loss_weights": ("stage weights (1, 0.5, 0.25), no gradient scaling",
-                      "configs/trees/cascade_rcnn_trees_mmdet_loss_weights.yaml", []),
+                           "configs/trees/cascade_rcnn_trees_mmdet_loss_weights.yaml", []),
     "resample": ("RESAMPLE", CASCADE, [KEY + "RESAMPLE", "True"]),
     "cascade_2_stages": ("2 stages (0.5, 0.6)", CASCADE, [
         KEY + "IOUS", "(0.5, 0.6)",

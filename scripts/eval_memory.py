@@ -24,10 +24,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from prepare_trees import CATEGORIES, clip_boxes_to_tile, default_output_dir
-
-REPO = Path(__file__).resolve().parents[1]
-
 from detectron2.evaluation import (
     COCOEvaluator,
     DatasetEvaluator,
@@ -35,10 +31,14 @@ from detectron2.evaluation import (
     inference_on_dataset,
 )
 
+from projects.cascade.data import register_coco_instances
 from projects.cascade.engine.checkpoint import SafeCheckpointer
 from projects.cascade.engine.launch import load_config
-from projects.cascade.data import register_coco_instances
 from projects.cascade.engine.trainer import ReliableTrainer
+
+from prepare_trees import CATEGORIES, clip_boxes_to_tile, default_output_dir
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_crops(out_dir, num_images, size, seed=0):

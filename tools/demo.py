@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor

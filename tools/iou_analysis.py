@@ -17,7 +17,6 @@ import sys
 
 import torch
 
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T

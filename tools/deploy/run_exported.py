@@ -3,7 +3,7 @@
 Run a model exported by tools/deploy/export_model.py on image files, without detectron2.
 This file is what a deployment ships next to model.onnx or model.ts:
 
-    python tools/deploy/run_exported.py output/export/model.onnx image.png [more.png ...]
+    python tools/deploy/run_exported.py output/export/trees/model.onnx image.png [more.png ...]
     python tools/deploy/run_exported.py model.ts image.png --draw out/ --min-score 0.5
 
 It prints one line per detection (class, score, box in the original image's pixels, and the
@@ -14,7 +14,7 @@ It needs numpy and Pillow, plus onnxruntime for .onnx or torch and torchvision f
 detectron2 does around the model: DefaultPredictor's image reading and test-time resize
 before, detector_postprocess after (boxes scaled back to the original image and clipped,
 empty boxes dropped, masks pasted at the original resolution). The exported file carries
-the settings for this (see projects/cascade/export.py).
+the settings for this (see projects/cascade/export/exporter.py).
 """
 
 import argparse
