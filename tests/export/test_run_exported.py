@@ -21,6 +21,11 @@ RUNNER = "tools/deploy/run_exported.py"
 
 
 @pytest.fixture(scope="module")
+def runner():
+    return load_script(RUNNER)
+
+
+@pytest.fixture(scope="module")
 def noise_png(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "noise.png"
     Image.fromarray(noise(128, 160, 5).byte().permute(1, 2, 0).numpy()).save(path)
@@ -35,9 +40,8 @@ def _default_predictor(cfg, model, image_file):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", ["cascade", "cascade_mask"])
-def test_runner_matches_default_predictor(exports, noise_png, name, fmt):
+def test_runner_matches_default_predictor(exports, runner, noise_png, name, fmt):
     cfg, model, files, _ = exports(name)
-    runner = load_script(RUNNER)
     got = runner.ExportedDetector(files[fmt])(runner.read_rgb(noise_png))
     expected = _default_predictor(cfg, model, noise_png)
 
