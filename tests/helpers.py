@@ -315,19 +315,36 @@ TINY = [
 ]
 
 
+LAZY_CONFIG = "configs/trees/cascade_rcnn_trees.py"
+
+# The LazyConfig demo shrunk the same way (its 64-channel FPN and 256-wide heads kept).
+TINY_LAZY = [
+    "dataloader.train.num_workers=0",
+    "dataloader.train.total_batch_size=2",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+    "dataloader.train.mapper.augmentations.0.max_size=128",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=160",
+    "dataloader.test.mapper.augmentations.0.max_size=160",
+    "dataloader.test.num_workers=0",
+    "dataloader.test.dataset.names=trees_test",
+    "model.proposal_generator.post_nms_topk=[100,100]",
+    "model.roi_heads.batch_size_per_image=32",
+]
+
+
 def env():
     """One thread per process: the same arithmetic in every run, and no oversubscription."""
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def command(*args):
-    return [sys.executable, "train_net.py", "--config-file", CONFIG, *map(str, args)]
+def command(*args, config=CONFIG):
+    return [sys.executable, "train_net.py", "--config-file", config, *map(str, args)]
 
 
-def run(*args, expect_ok=True, extra_env=None, timeout=600):
+def run(*args, expect_ok=True, extra_env=None, timeout=600, config=CONFIG):
     """Run train_net.py; return its combined output. Fails the test on an unexpected exit code."""
     proc = subprocess.run(
-        command(*args), cwd=REPO, env={**env(), **(extra_env or {})},
+        command(*args, config=config), cwd=REPO, env={**env(), **(extra_env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
     output = proc.stdout + proc.stderr

@@ -128,10 +128,15 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
         "resample": False,
         "test_prune_topk": 0,
         "test_prune_nms_thresh": 1.0,
+        "test_nms_method": "hard",
+        "test_soft_nms_sigma": 0.5,
+        "test_soft_nms_min_score": 0.001,
+        "ignore_iof_thresh": -1.0,
     }
     arguments = cascade_head_arguments(
         _cfg(TEST_SCORE="last", TEST_STAGE=3, RESAMPLE=True, SCALE_FEATURE_GRADIENT=False,
-             TEST_PRUNE_TOPK=5, TEST_PRUNE_NMS_THRESH=1)
+             TEST_PRUNE_TOPK=5, TEST_PRUNE_NMS_THRESH=1, TEST_NMS_METHOD="gaussian",
+             TEST_SOFT_NMS_SIGMA=1, TEST_SOFT_NMS_MIN_SCORE=0, IGNORE_IOF_THRESH=0)
     )
     assert arguments == {
         "scale_feature_gradient": False,
@@ -140,15 +145,24 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
         "resample": True,
         "test_prune_topk": 5,
         "test_prune_nms_thresh": 1.0,
+        "test_nms_method": "gaussian",
+        "test_soft_nms_sigma": 1.0,
+        "test_soft_nms_min_score": 0.0,
+        "ignore_iof_thresh": 0.0,
     }
-    assert type(arguments["test_prune_nms_thresh"]) is float
+    for key in ("test_prune_nms_thresh", "test_soft_nms_sigma", "test_soft_nms_min_score", "ignore_iof_thresh"):
+        assert type(arguments[key]) is float
 
 
 EXPECTED = {
-    "TEST_SCORE": "expected one of mean, mean_on_final, last.",
+    "TEST_SCORE": "expected one of mean, mean_logits, mean_on_final, last.",
     "TEST_STAGE": "expected -1 (all stages) or a stage in 1..3 (stages count from 1).",
     "TEST_PRUNE_TOPK": "expected an integer >= 0 (0 turns pruning off).",
     "TEST_PRUNE_NMS_THRESH": "expected an IoU in (0, 1] (1.0 turns it off).",
+    "TEST_NMS_METHOD": "expected one of hard, linear, gaussian.",
+    "TEST_SOFT_NMS_SIGMA": "expected a number > 0.",
+    "TEST_SOFT_NMS_MIN_SCORE": "expected a score in [0, 1).",
+    "IGNORE_IOF_THRESH": "expected an intersection over area below 1 (negative turns it off).",
 }
 
 
@@ -159,6 +173,10 @@ EXPECTED = {
         *[("TEST_STAGE", v) for v in (0, 4, -2)],
         *[("TEST_PRUNE_TOPK", v) for v in (-1, 1.5, True, "100", None)],
         *[("TEST_PRUNE_NMS_THRESH", v) for v in (0, -0.1, 1.5, True, "0.7", None)],
+        *[("TEST_NMS_METHOD", v) for v in ("soft", "Linear", None)],
+        *[("TEST_SOFT_NMS_SIGMA", v) for v in (0, -1.0, True, "0.5")],
+        *[("TEST_SOFT_NMS_MIN_SCORE", v) for v in (-0.1, 1.0, True, "0")],
+        *[("IGNORE_IOF_THRESH", v) for v in (1.0, 2, True, "0.5")],
     ],
 )
 def test_bad_head_options_name_the_key(key, value):

@@ -1,17 +1,21 @@
 """
 Config keys of the cascade, and the checks that turn a bad value into an error naming the
 key. The checks are pure functions of a value and its name, so that the YAML keys and the
-constructor arguments of `CascadeRCNNROIHeads` (LazyConfig) share them.
+constructor arguments of `CascadeRCNNROIHeads` (LazyConfig) share them. They raise
+`ConfigError`, a ValueError that `train_net.py` reports in one line.
 """
 import logging
 from numbers import Real
 
 from detectron2.config import CfgNode as CN
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 _CASCADE = "MODEL.ROI_BOX_CASCADE_HEAD"
-TEST_SCORES = ("mean", "mean_on_final", "last")
+TEST_SCORES = ("mean", "mean_logits", "mean_on_final", "last")
+TEST_NMS_METHODS = ("hard", "linear", "gaussian")
 
 
 def add_cascade_config(cfg):
@@ -29,10 +33,11 @@ def add_cascade_config(cfg):
     # 1/num_stages, so the backbone sees one stage's worth of gradient while every
     # head gets its full loss. False lets the full sum through (mmdetection).
     _C.MODEL.ROI_BOX_CASCADE_HEAD.SCALE_FEATURE_GRADIENT = True
-    # The stages disagree on the boxes they score: "mean" averages each stage's scores of
-    # its own input boxes (detectron2, mmdetection), "mean_on_final" has every stage's
-    # classifier score the final boxes (the paper's ensemble), "last" measures the last
-    # stage without the ensemble.
+    # The stages disagree on the boxes they score: "mean" averages each stage's class
+    # probabilities of its own input boxes (detectron2); "mean_logits" averages their class
+    # logits and takes the probabilities after (mmdetection); "mean_on_final" has every
+    # stage's classifier score the final boxes (the paper's ensemble); "last" measures the
+    # last stage without the ensemble.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SCORE = "mean"
     # Stop inference after stage k (counting from 1), to measure what each stage adds
     # without training a shorter cascade. -1 runs every stage.
@@ -60,10 +65,25 @@ def add_cascade_config(cfg):
     # are dropped from the detections. 1.0 turns it off. Test time only.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_NMS_THRESH = 1.0
     # torchvision's CPU RoIAlign runs on one thread, and RoIAlign is most of the stages'
-    # time on a CPU. True pools CPU float tensors with parallel_roi_align.py's kernel over
+    # time on a CPU. True pools CPU float tensors with layers/roi_align.py's kernel over
     # all of torch's threads, which gives the same bits (outputs and gradients); it is
     # built on first use. False keeps torchvision's kernel. No effect on GPUs or exports.
     _C.MODEL.ROI_BOX_CASCADE_HEAD.PARALLEL_CPU_ROI_ALIGN = True
+    # The final per-class NMS. "hard" removes every box that overlaps a kept one by more
+    # than MODEL.ROI_HEADS.NMS_THRESH_TEST (detectron2). Soft-NMS (Bodla et al. 2017) lowers
+    # their scores instead, which keeps touching objects apart: "linear" multiplies by
+    # (1 - IoU) where IoU > NMS_THRESH_TEST, "gaussian" by exp(-IoU^2 / TEST_SOFT_NMS_SIGMA).
+    # Test time only; exports refuse soft-NMS (its loop runs once per kept box).
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD = "hard"
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SOFT_NMS_SIGMA = 0.5
+    # Soft-NMS drops a box once its decayed score falls below this.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SOFT_NMS_MIN_SCORE = 0.001
+    # detectron2's mapper drops crowd (iscrowd) annotations, so a box inside a crowd is
+    # trained as background. With a threshold >= 0, the mapper keeps the crowd regions, and
+    # at every stage a box whose intersection over its own area with a crowd region exceeds
+    # it is ignored: neither positive nor negative, and not sampled (mmdetection's
+    # ignore_iof_thr, Detectron's CROWD_FILTER_THRESH). The RPN is unchanged. Negative: off.
+    _C.MODEL.ROI_BOX_CASCADE_HEAD.IGNORE_IOF_THRESH = -1.0
 
     # Evaluate every stage alone and every ensemble of stages 1~k from the same inference
     # pass as the main COCO evaluation (see stage_evaluation.py), to see what each stage
@@ -92,7 +112,7 @@ def cascade_stage_settings(cfg):
     loss_weights = list(node.STAGE_LOSS_WEIGHTS)
 
     if len(ious) == 0:
-        raise ValueError(f"{_CASCADE}.IOUS is empty: a cascade needs at least one stage.")
+        raise ConfigError(f"{_CASCADE}.IOUS is empty: a cascade needs at least one stage.")
     check_one_per_stage(reg_weights, f"{_CASCADE}.BBOX_REG_WEIGHTS", len(ious), f"{_CASCADE}.IOUS")
     check_stage_loss_weights(loss_weights, f"{_CASCADE}.STAGE_LOSS_WEIGHTS", len(ious), f"{_CASCADE}.IOUS")
     for k, iou in enumerate(ious):
@@ -121,6 +141,11 @@ def cascade_head_arguments(cfg):
                           f"{_CASCADE}.TEST_STAGE", "-1 (all stages) or ")
     check_prune_topk(node.TEST_PRUNE_TOPK, f"{_CASCADE}.TEST_PRUNE_TOPK")
     check_prune_nms_thresh(node.TEST_PRUNE_NMS_THRESH, f"{_CASCADE}.TEST_PRUNE_NMS_THRESH")
+    check_ignore_iof_thresh(node.IGNORE_IOF_THRESH, f"{_CASCADE}.IGNORE_IOF_THRESH")
+    check_soft_nms(
+        node.TEST_NMS_METHOD, node.TEST_SOFT_NMS_SIGMA, node.TEST_SOFT_NMS_MIN_SCORE,
+        [f"{_CASCADE}.{key}" for key in ("TEST_NMS_METHOD", "TEST_SOFT_NMS_SIGMA", "TEST_SOFT_NMS_MIN_SCORE")],
+    )
     return {
         "scale_feature_gradient": cascade_switch(cfg, "SCALE_FEATURE_GRADIENT"),
         "test_score": node.TEST_SCORE,
@@ -128,6 +153,10 @@ def cascade_head_arguments(cfg):
         "resample": cascade_switch(cfg, "RESAMPLE"),
         "test_prune_topk": node.TEST_PRUNE_TOPK,
         "test_prune_nms_thresh": float(node.TEST_PRUNE_NMS_THRESH),
+        "test_nms_method": node.TEST_NMS_METHOD,
+        "test_soft_nms_sigma": float(node.TEST_SOFT_NMS_SIGMA),
+        "test_soft_nms_min_score": float(node.TEST_SOFT_NMS_MIN_SCORE),
+        "ignore_iof_thresh": float(node.IGNORE_IOF_THRESH),
     }
 
 
@@ -143,7 +172,7 @@ def cascade_switch(cfg, key):
 
 def _require(ok, name, value, expected):
     if not ok:
-        raise ValueError(f"{name} = {value!r}: {expected}.")
+        raise ConfigError(f"{name} = {value!r}: {expected}.")
 
 
 def _is_int(value):
@@ -152,7 +181,7 @@ def _is_int(value):
 
 def check_one_per_stage(values, name, num_stages, stages_name):
     if len(values) != num_stages:
-        raise ValueError(
+        raise ConfigError(
             f"{name} has {len(values)} entries but {stages_name} has {num_stages}: give one "
             "entry per stage."
         )
@@ -183,3 +212,59 @@ def check_prune_topk(value, name):
 def check_prune_nms_thresh(value, name):
     _require(isinstance(value, Real) and not isinstance(value, bool) and 0 < value <= 1, name,
              value, "expected an IoU in (0, 1] (1.0 turns it off)")
+
+
+def check_ignore_iof_thresh(value, name):
+    _require(isinstance(value, Real) and not isinstance(value, bool) and value < 1, name, value,
+             "expected an intersection over area below 1 (negative turns it off)")
+
+
+def check_soft_nms(method, sigma, min_score, names):
+    """The final NMS's method, soft-NMS sigma and minimum score, named by `names` in errors."""
+    method_name, sigma_name, min_score_name = names
+    _require(method in TEST_NMS_METHODS, method_name, method,
+             f"expected one of {', '.join(TEST_NMS_METHODS)}")
+    _require(isinstance(sigma, Real) and not isinstance(sigma, bool) and sigma > 0,
+             sigma_name, sigma, "expected a number > 0")
+    _require(isinstance(min_score, Real) and not isinstance(min_score, bool) and 0 <= min_score < 1,
+             min_score_name, min_score, "expected a score in [0, 1)")
+
+
+def check_head_arguments(
+    *,
+    box_heads,
+    box_predictors,
+    proposal_matchers,
+    stage_loss_weights=None,
+    test_score="mean",
+    num_test_stages=None,
+    test_prune_topk=0,
+    test_prune_nms_thresh=1.0,
+    test_nms_method="hard",
+    test_soft_nms_sigma=0.5,
+    test_soft_nms_min_score=0.001,
+    ignore_iof_thresh=-1.0,
+    **unchecked,
+):
+    """
+    Check the constructor arguments of `CascadeRCNNROIHeads` (a LazyConfig's), naming the one
+    that is wrong. Only lengths and values are read, so arguments can be checked before the
+    modules they describe are built.
+    """
+    name, num_stages = "CascadeRCNNROIHeads argument ", len(box_heads)
+    if num_stages == 0:
+        raise ConfigError(f"{name}box_heads is empty: a cascade needs at least one stage.")
+    stages = name + "box_heads"
+    check_one_per_stage(box_predictors, name + "box_predictors", num_stages, stages)
+    check_one_per_stage(proposal_matchers, name + "proposal_matchers", num_stages, stages)
+    if stage_loss_weights is not None:
+        check_stage_loss_weights(stage_loss_weights, name + "stage_loss_weights", num_stages, stages)
+    check_test_score(test_score, name + "test_score")
+    check_num_test_stages(num_test_stages, num_stages, name + "num_test_stages", "None or ")
+    check_prune_topk(test_prune_topk, name + "test_prune_topk")
+    check_prune_nms_thresh(test_prune_nms_thresh, name + "test_prune_nms_thresh")
+    check_soft_nms(
+        test_nms_method, test_soft_nms_sigma, test_soft_nms_min_score,
+        [name + arg for arg in ("test_nms_method", "test_soft_nms_sigma", "test_soft_nms_min_score")],
+    )
+    check_ignore_iof_thresh(ignore_iof_thresh, name + "ignore_iof_thresh")

@@ -34,11 +34,11 @@ def test_quick_ablation_writes_the_tables(trees_prepared, tmp_path):
     # Only the cascade gets test-time variants: 3 TEST_SCOREs x 2 stages.
     settings = [(r["TEST_SCORE"], r["TEST_STAGE"]) for r in results["test_time"]]
     assert sorted(settings) == sorted(
-        (s, k) for s in ("mean", "mean_on_final", "last") for k in (1, 2)
+        (s, k) for s in ("mean", "mean_logits", "mean_on_final", "last") for k in (1, 2)
     )
     # With one stage, every scoring mode is that stage's own softmax.
     by = {(r["TEST_SCORE"], r["TEST_STAGE"]): r["trees_val"] for r in results["test_time"]}
-    assert by[("mean", 1)] == by[("last", 1)]
+    assert by[("mean", 1)] == by[("last", 1)] == by[("mean_logits", 1)]
 
     table = (tmp_path / "ablation.md").read_text()
     assert "| Faster R-CNN |" in table and "| 2 stages (0.5, 0.6) | mean_on_final | 2 |" in table

@@ -32,6 +32,17 @@ def test_train_then_eval_only(tmp_path, trees_prepared):
     # copypaste prints 4 decimals
     assert float(line.split("copypaste: ")[1].split(",")[0]) == round(trained_ap, 4)
 
+    # Test-time augmentation: a second evaluation after the plain one; its results are the
+    # task "bbox_TTA", which TEST.EXPECTED_RESULTS can check.
+    log = run("--eval-only", *common, "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
+              "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(320, 400)", "TEST.AUG.MAX_SIZE", "500",
+              "MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD", "linear",
+              "TEST.EXPECTED_RESULTS", "[['bbox_TTA', 'AP60', 50.0, 50.0]]")
+    assert "Running inference with test-time augmentation" in log
+    assert log.count("copypaste: AP,AP50,AP75") == 2
+    assert "TEST.EXPECTED_RESULTS: all 1 checks passed." in log
+    assert (tmp_path / "inference_TTA" / "trees_test" / "coco_instances_results.json").exists()
+
 
 def test_bad_cascade_key_is_one_line_naming_it(tmp_path):
     output = run("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "[0.5, 0.6]", "OUTPUT_DIR", tmp_path,

@@ -4,6 +4,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from detectron2.data import DatasetCatalog
 
@@ -45,3 +46,32 @@ def test_image_of_another_size_than_the_json_says(tile):
     message = rf"Image id {tile['image_id']} .* cannot be used: .*Mismatched image shape"
     with pytest.raises(DatasetError, match=message):
         CheckedDatasetMapper(tiny_cfg(num_classes=1), is_train=False)(tile)
+
+
+def _with_crowd(tile):
+    """The tile's dataset dict with two crowd annotations added (one in each half)."""
+    d = copy.deepcopy(tile)
+    crowd = {"iscrowd": 1, "category_id": 0, "bbox_mode": d["annotations"][0]["bbox_mode"]}
+    d["annotations"] += [{**crowd, "bbox": [10, 20, 100, 50]}, {**crowd, "bbox": [250, 300, 40, 60]}]
+    return d
+
+
+def test_crowd_regions_are_kept_when_ignored_and_dropped_otherwise(trees_prepared):
+    tile = DatasetCatalog.get("trees_val")[0]
+    num_boxes = sum(1 for a in tile["annotations"] if not a.get("iscrowd"))
+    cfg = tiny_cfg(num_classes=1)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (800,), 800  # 400 px tiles, doubled
+    cfg.INPUT.RANDOM_FLIP = "none"
+
+    instances = CheckedDatasetMapper(cfg, is_train=True)(_with_crowd(tile))["instances"]
+    assert len(instances) == num_boxes and not instances.has("ignore_regions")  # detectron2's
+
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.IGNORE_IOF_THRESH = 0.5
+    instances = CheckedDatasetMapper(cfg, is_train=True)(_with_crowd(tile))["instances"]
+    assert len(instances) == num_boxes, "crowd boxes are no ground truth"
+    regions = instances.ignore_regions
+    assert len(regions) == num_boxes  # an Instances field: one entry per instance ...
+    expected = torch.tensor([[20, 40, 220, 140], [500, 600, 580, 720]], dtype=torch.float32)
+    assert torch.equal(regions.boxes.tensor, expected)  # ... holding the image's regions, resized
+    assert len(instances[:3].ignore_regions) == 3 and instances[:3].ignore_regions.boxes is regions.boxes
+    assert not CheckedDatasetMapper(cfg, is_train=False).keep_crowd_regions  # training only

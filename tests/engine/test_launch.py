@@ -47,6 +47,19 @@ def test_bad_config_names_the_key(tmp_path, yaml_text, opts, message):
         load_config(_yaml(tmp_path, yaml_text), opts)
 
 
+def test_stage_eval_needs_the_cascade_heads(tmp_path):
+    yaml_file = _yaml(tmp_path, "")
+    with pytest.raises(ConfigError, match="TEST.CASCADE_STAGE_EVAL True needs CascadeRCNNROIHeads, "
+                       "not MODEL.ROI_HEADS.NAME: StandardROIHeads"):
+        load_config(yaml_file, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "TEST.CASCADE_STAGE_EVAL", "True"])
+    load_config(yaml_file, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"])  # off: any heads
+
+
+def test_unknown_roi_heads_name(tmp_path):
+    with pytest.raises(ConfigError, match="MODEL.ROI_HEADS.NAME = 'Cascade' is not registered"):
+        load_config(_yaml(tmp_path, ""), ["MODEL.ROI_HEADS.NAME", "Cascade"])
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match=f"Config file {tmp_path}/nope.yaml does not exist"):
         load_config(str(tmp_path / "nope.yaml"), [])

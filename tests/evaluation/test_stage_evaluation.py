@@ -18,7 +18,6 @@ from projects.cascade.evaluation import COCOEvaluatorAtIoUs
 from projects.cascade.evaluation.stage_evaluation import (
     COLUMNS,
     CascadeStageEvaluator,
-    check_stage_eval_config,
 )
 from projects.cascade.modeling.stage_outputs import STAGES_KEY, CascadeStageOutputs
 from tests.helpers import build, rescaled_inputs, tiny_cfg
@@ -140,9 +139,3 @@ def test_tables_are_written(dataset, stage_results):
     assert f"| 1~3      | {stage_results['cascade_stages']['1~3/AP']:4.1f} |" in markdown
 
 
-def test_stage_eval_needs_the_cascade_heads():
-    cfg = tiny_cfg(roi_heads="StandardROIHeads")
-    cfg.TEST.CASCADE_STAGE_EVAL = True
-    with pytest.raises(ConfigError, match="TEST.CASCADE_STAGE_EVAL True needs"):
-        check_stage_eval_config(cfg)
-    check_stage_eval_config(tiny_cfg())  # off: any heads

@@ -31,6 +31,8 @@ from tests.helpers import (
 )
 
 
+# End to end: each traces a model, writes the file, and runs it in TorchScript or onnxruntime.
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", EXPORT_MODELS)
 def test_matches_eager_on_other_sizes_and_without_detections(exports, name, fmt):
@@ -67,6 +69,7 @@ def test_export_errors(tmp_path):
         deploy_metadata(cfg)
 
 
+@pytest.mark.e2e
 def test_trees_demo_model(trees_prepared, tmp_path):
     """The tree-crown demo (ImageNet MobileNetV2-FPN, random heads) on trees_val tiles."""
     cfg = get_cfg()

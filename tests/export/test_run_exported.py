@@ -38,6 +38,7 @@ def _default_predictor(cfg, model, image_file):
     return predictor(read_image(image_file, format="BGR"))["instances"]
 
 
+@pytest.mark.e2e  # exports, then runs the file as a deployment would
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", ["cascade", "cascade_mask"])
 def test_runner_matches_default_predictor(exports, runner, noise_png, name, fmt):

@@ -28,7 +28,12 @@ from detectron2.utils import comm
 
 from ..errors import ConfigError
 
-__all__ = ["ResumableTrainingSampler", "build_resumable_train_loader", "iteration_seed"]
+__all__ = [
+    "ResumableTrainingSampler",
+    "build_resumable_train_loader",
+    "iteration_seed",
+    "resumable_loader_arguments",
+]
 
 # Distinct first words keep the seeds of samples and of steps from ever colliding.
 _SAMPLE, _STEP = 0, 1
@@ -132,21 +137,45 @@ class _SeededMapDataset(Dataset):
             return self._mapper(self._dataset[index])
 
 
-def build_resumable_train_loader(cfg, mapper, seed):
+def build_resumable_train_loader(
+    dataset, *, mapper, total_batch_size, seed, aspect_ratio_grouping=True, num_workers=0
+):
     """
-    Like `build_detection_train_loader(cfg, mapper)` with DATALOADER.SAMPLER_TRAIN
-    "TrainingSampler", but resumable.
+    detectron2's `build_detection_train_loader` with its default `TrainingSampler`, but
+    resumable. The arguments are that function's (a list of dataset dicts), plus `seed`.
 
     Returns:
         (data_loader, sampler): set ``sampler.start_batch`` (and ``sampler.seed``, if
         resuming) before the loader is first iterated.
     """
+    if aspect_ratio_grouping:
+        groups = [0 if d["width"] > d["height"] else 1 for d in dataset]
+    else:
+        groups = [0] * len(dataset)
+    # build_batch_data_loader checks that the total batch divides among the processes.
+    batch_size = total_batch_size // comm.get_world_size()
+    sampler = ResumableTrainingSampler(groups, batch_size, seed)
+    loader = build_batch_data_loader(
+        _SeededMapDataset(DatasetFromList(dataset, copy=False), mapper),
+        sampler,
+        total_batch_size,
+        aspect_ratio_grouping=False,  # the sampler has grouped the batches already
+        num_workers=num_workers,
+        # The loader draws its workers' base seed when it is first iterated, inside a
+        # training step: from a generator of its own, not from the step's RNG stream.
+        seed=seed,
+    )
+    return loader, sampler
+
+
+def resumable_loader_arguments(cfg, mapper):
+    """The arguments of `build_resumable_train_loader` (but the seed) that a YAML config gives."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ConfigError(
             f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable "
             "training stream supports 'TrainingSampler' only."
         )
-    dicts = get_detection_dataset_dicts(
+    dataset = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
@@ -154,22 +183,10 @@ def build_resumable_train_loader(cfg, mapper, seed):
         else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
-    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-        groups = [0 if d["width"] > d["height"] else 1 for d in dicts]
-    else:
-        groups = [0] * len(dicts)
-    # build_batch_data_loader checks that the total batch divides among the processes.
-    batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-    sampler = ResumableTrainingSampler(groups, batch_size, seed)
-    dataset = _SeededMapDataset(DatasetFromList(dicts, copy=False), mapper)
-    loader = build_batch_data_loader(
-        dataset,
-        sampler,
-        cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=False,  # the sampler has grouped the batches already
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        # The loader draws its workers' base seed when it is first iterated, inside a
-        # training step: from a generator of its own, not from the step's RNG stream.
-        seed=seed,
-    )
-    return loader, sampler
+    return {
+        "dataset": dataset,
+        "mapper": mapper,
+        "total_batch_size": cfg.SOLVER.IMS_PER_BATCH,
+        "aspect_ratio_grouping": cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        "num_workers": cfg.DATALOADER.NUM_WORKERS,
+    }

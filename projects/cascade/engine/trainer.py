@@ -1,34 +1,52 @@
 """
-detectron2's `DefaultTrainer`, made to run on CPU processes and to resume exactly.
+detectron2's `DefaultTrainer`, made to run on CPU processes and to resume exactly, with
+this project's evaluation.
 
 Compared with `DefaultTrainer` it:
 
 * wraps a CPU model in DistributedDataParallel without `device_ids` (detectron2's
   `create_ddp_model` passes the local rank, which DDP rejects for a CPU module), so
   `--num-gpus N MODEL.DEVICE cpu` trains N gloo processes;
-* trains from a resumable data stream (:mod:`.resumable`) and seeds every step from
+* trains from a resumable data stream (:mod:`..data.resumable_loader`) and seeds every step from
   (seed, iteration, rank), so kill-and-resume ends with the weights of an
   uninterrupted run; the data seed is stored in the checkpoint;
 * saves and loads through :class:`SafeCheckpointer`;
 * reads images through :class:`CheckedDatasetMapper`;
-* checks after training that every rank holds the same weights.
+* checks after training that every rank holds the same weights;
+* evaluates with COCO AP at strict IoUs, optionally every cascade stage
+  (TEST.CASCADE_STAGE_EVAL) and with test-time augmentation (TEST.AUG.ENABLED), and checks
+  TEST.EXPECTED_RESULTS with a message naming each failed check.
+
+Everything it reads from its config goes through `run_settings`, so that
+`LazyConfigTrainer` only replaces what a LazyConfig builds differently.
 """
 import hashlib
 import logging
+import os
 import weakref
+from collections import OrderedDict
 
 import torch
 
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model, default_writers
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import SafeCheckpointer
 from ..data.dataset_mapper import CheckedDatasetMapper
-from ..data.resumable_loader import build_resumable_train_loader, iteration_seed
+from ..data.resumable_loader import (
+    build_resumable_train_loader,
+    iteration_seed,
+    resumable_loader_arguments,
+)
+from ..evaluation import COCOEvaluatorAtIoUs, CascadeStageEvaluator, check_expected_results
+from ..modeling import CascadeStageOutputs
+from ..modeling.test_time_augmentation import CascadeRCNNWithTTA
+from .checkpoint import SafeCheckpointer
+from .run_settings import run_settings, setting_key
 
 __all__ = ["ReliableTrainer", "weights_fingerprint"]
 
@@ -74,38 +92,81 @@ class ReliableTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        settings = run_settings(cfg)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        # SEED < 0 asks for a random seed: draw one shared by all ranks; the
+        # A seed < 0 asks for a random seed: draw one shared by all ranks; the
         # checkpoint keeps it, so a resumed run continues the same stream.
-        self.seed = cfg.SEED if cfg.SEED >= 0 else int(comm.shared_random_seed())
+        self.seed = settings.seed if settings.seed >= 0 else int(comm.shared_random_seed())
         data_loader, self.train_sampler = build_resumable_train_loader(
-            cfg, CheckedDatasetMapper(cfg, True), self.seed
+            **self.train_loader_arguments(cfg), seed=self.seed
         )
-        ddp_kwargs = {"broadcast_buffers": False}
+        ddp_kwargs = self.ddp_arguments(cfg)
         if next(model.parameters()).device.type == "cpu":
             ddp_kwargs["device_ids"] = None
         model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+        self._trainer = (AMPTrainer if settings.amp else SimpleTrainer)(
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(
+            model, settings.output_dir, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.max_iter = settings.max_iter
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    @classmethod
+    def train_loader_arguments(cls, cfg):
+        """The arguments of `build_resumable_train_loader` but the seed."""
+        return resumable_loader_arguments(cfg, CheckedDatasetMapper(cfg, True))
+
+    @classmethod
+    def ddp_arguments(cls, cfg):
+        return {"broadcast_buffers": False}
+
     def build_hooks(self):
-        return super().build_hooks() + [_WeightsInSync()]
+        ret = super().build_hooks()
+        # The writer comes last (on the main process), so that what runs after training
+        # before it, such as the evaluation with test-time augmentation, is written too.
+        writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
+        at = writers[0] if writers else len(ret)
+        return ret[:at] + self.test_time_augmentation_hooks() + ret[at:] + [_WeightsInSync()]
+
+    def test_time_augmentation_hooks(self):
+        """With test-time augmentation on, an evaluation with it after training (as detectron2's train_net.py)."""
+        if not run_settings(self.cfg).test_time_augmentation:
+            return []
+        return [hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))]
+
+    def build_writers(self):
+        return default_writers(run_settings(self.cfg).output_dir, self.max_iter)
 
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume=resume)
+        self.checkpointer.resume_or_load(run_settings(self.cfg).weights, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint stores the iteration that just finished.
+            self.start_iter = self.iter + 1
         # Continue the data stream after the last batch the checkpoint trained on.
         self.train_sampler.seed = self.seed
         self.train_sampler.start_batch = self.start_iter
+
+    def train(self):
+        """Train; then check the last evaluation against the expected results, if any."""
+        TrainerBase.train(self, self.start_iter, self.max_iter)
+        expected = run_settings(self.cfg).expected_results
+        if expected and comm.is_main_process():
+            results = getattr(self, "_last_eval_results", None)
+            if results is None:
+                raise RuntimeError(
+                    f"{setting_key(self.cfg, 'expected_results')} is set, but training ran no "
+                    "evaluation to check it against."
+                )
+            check_expected_results(expected, results, setting_key(self.cfg, "expected_results"))
+        return getattr(self, "_last_eval_results", None)
 
     def run_step(self):
         seed_all_rng(iteration_seed(self.seed, self.iter, comm.get_rank()))
@@ -132,6 +193,65 @@ class ReliableTrainer(DefaultTrainer):
                 "The checkpoint does not record its data seed (it was not written by "
                 f"ReliableTrainer); the data stream restarts with seed {self.seed}."
             )
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def evaluate(cls, cfg, model):
+        """
+        What `--eval-only` runs: the evaluation, with test-time augmentation if enabled,
+        then the check of the expected results (on the main process).
+        """
+        results = cls.test(cfg, model)
+        if run_settings(cfg).test_time_augmentation:
+            results.update(cls.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            check_expected_results(
+                run_settings(cfg).expected_results, results, setting_key(cfg, "expected_results")
+            )
+        return results
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        return super().test(cfg, cls.with_stage_outputs(cfg, model, evaluators), evaluators)
+
+    @classmethod
+    def with_stage_outputs(cls, cfg, model, evaluators):
+        """The model that the default evaluators evaluate."""
+        if evaluators is None and run_settings(cfg).cascade_stage_eval:
+            # One inference pass yields the detections of every stage and ensemble too.
+            return CascadeStageOutputs(model)
+        return model
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with test-time augmentation; the results' names end in "_TTA"."""
+        logger.info("Running inference with test-time augmentation ...")
+        folder = os.path.join(run_settings(cfg).output_dir, "inference_TTA")
+        # Without the per-stage evaluation: the stages' own outputs are not augmented.
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(folder, name), with_stages=False)
+            for name in run_settings(cfg).test_datasets
+        ]
+        results = cls.test(cfg, cls.with_test_time_augmentation(cfg, model), evaluators)
+        return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
+
+    @classmethod
+    def with_test_time_augmentation(cls, cfg, model):
+        return CascadeRCNNWithTTA(model, **run_settings(cfg).augmentation)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, with_stages=True):
+        """COCO evaluation with AP60-AP90, and of every cascade stage if TEST.CASCADE_STAGE_EVAL."""
+        if output_folder is None:
+            output_folder = os.path.join(run_settings(cfg).output_dir, "inference", dataset_name)
+        evaluator = cls.dataset_evaluator(cfg, dataset_name, output_folder)
+        if not (with_stages and run_settings(cfg).cascade_stage_eval):
+            return evaluator
+        return DatasetEvaluators([evaluator, CascadeStageEvaluator(dataset_name, output_folder)])
+
+    @classmethod
+    def dataset_evaluator(cls, cfg, dataset_name, output_folder):
+        return COCOEvaluatorAtIoUs(dataset_name, output_dir=output_folder)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

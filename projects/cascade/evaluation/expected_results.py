@@ -1,6 +1,7 @@
 """
-Model-zoo-style checks of evaluation results (TEST.EXPECTED_RESULTS), as detectron2's
-`verify_results`, but with a message that names every failed check.
+Model-zoo-style checks of evaluation results (TEST.EXPECTED_RESULTS, or test.expected_results
+in a LazyConfig), as detectron2's `verify_results`, but with a message that names every
+failed check.
 """
 import logging
 import math
@@ -16,10 +17,11 @@ class ExpectedResultsError(RuntimeError):
     """Evaluation results that differ from TEST.EXPECTED_RESULTS beyond the tolerance."""
 
 
-def check_expected_results(cfg, results):
+def check_expected_results(expected_results, results, key="TEST.EXPECTED_RESULTS"):
     """
-    Check `results` (as `DefaultTrainer.test` returns them) against TEST.EXPECTED_RESULTS,
-    a list of [task, metric, expected, tolerance]: |actual - expected| <= tolerance.
+    Check `results` (as `DefaultTrainer.test` returns them) against `expected_results`, a
+    list of [task, metric, expected, tolerance]: |actual - expected| <= tolerance. `key` is
+    the config key that holds the list, for the messages.
     With several test datasets, the task names the dataset too: "trees_val/bbox".
 
     detectron2's `verify_results` exits with a dump of all results and raises KeyError on
@@ -27,7 +29,6 @@ def check_expected_results(cfg, results):
     task, metric, expected value, actual value and tolerance, or the tasks and metrics
     there are.
     """
-    expected_results = cfg.TEST.EXPECTED_RESULTS
     if not expected_results:
         return
     tasks = dict(_tasks(results))
@@ -35,10 +36,10 @@ def check_expected_results(cfg, results):
     failures = [f for f in failures if f]
     if failures:
         raise ExpectedResultsError(
-            f"TEST.EXPECTED_RESULTS: {len(failures)} of {len(expected_results)} checks "
+            f"{key}: {len(failures)} of {len(expected_results)} checks "
             "failed:\n  " + "\n  ".join(failures)
         )
-    logger.info(f"TEST.EXPECTED_RESULTS: all {len(expected_results)} checks passed.")
+    logger.info(f"{key}: all {len(expected_results)} checks passed.")
 
 
 def _tasks(results, prefix=""):

@@ -14,16 +14,13 @@ from collections import OrderedDict
 from tabulate import tabulate
 
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..modeling.roi_heads.cascade_roi_heads import CascadeRCNNROIHeads
-from ..errors import ConfigError
 from .coco_evaluation import COCOEvaluatorAtIoUs
 from ..modeling.stage_outputs import STAGES_KEY
 
-__all__ = ["CascadeStageEvaluator", "check_stage_eval_config", "TASK", "COLUMNS"]
+__all__ = ["CascadeStageEvaluator", "TASK", "COLUMNS"]
 
 TASK = "cascade_stages"
 COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90")
@@ -34,17 +31,6 @@ ROWS_EXPLAINED = (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def check_stage_eval_config(cfg):
-    """Stop at start-up, not at the first evaluation, if TEST.CASCADE_STAGE_EVAL cannot work."""
-    name = cfg.MODEL.ROI_HEADS.NAME
-    heads = ROI_HEADS_REGISTRY.get(name) if name in ROI_HEADS_REGISTRY else None
-    if cfg.TEST.CASCADE_STAGE_EVAL and not (heads and issubclass(heads, CascadeRCNNROIHeads)):
-        raise ConfigError(
-            f"TEST.CASCADE_STAGE_EVAL True needs MODEL.ROI_HEADS.NAME: CascadeRCNNROIHeads, "
-            f"not {name}: only its stages can be evaluated one by one."
-        )
 
 
 class CascadeStageEvaluator(COCOEvaluatorAtIoUs):

@@ -4,7 +4,7 @@ TorchScript or ONNX. `runtime.py` loads the result, `verify.py` compares it with
 
 What is exported is detectron2's `GeneralizedRCNN.inference(..., do_postprocess=False)` for
 one image, traced through detectron2's `TracingAdapter` (scripting the model does not work;
-README, "Deploy", says why):
+docs/deploy.md says why):
 
     input   "image"        float32 (3, H, W), 0-255, in cfg.INPUT.FORMAT channel order, already
                            resized as detectron2's DefaultPredictor does. Any H and W.
@@ -137,6 +137,13 @@ def _traceable(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[TracingAdap
         raise TypeError(f"Only GeneralizedRCNN models can be exported, not {type(model).__name__}.")
     if model.training:
         raise ValueError("Export a model in inference mode: call model.eval() first.")
+    nms_method = getattr(model.roi_heads, "test_nms_method", "hard")
+    if nms_method != "hard":
+        raise ValueError(
+            f"MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD = {nms_method!r}: soft-NMS cannot be "
+            "exported by tracing, since its loop runs once per kept box and tracing would fix "
+            "that count to the traced image's. Export with TEST_NMS_METHOD hard."
+        )
     adapter = TracingAdapter(model, [{INPUT_NAME: image}], _inference)
     # torch.onnx.export puts the module it is given back in its own training mode, and a
     # new module is in training mode: that would switch the detector to training too.
@@ -194,7 +201,7 @@ def _write(adapter, image, fmt, path, output_names, extra, opset):
         torch.jit.save(traced, path, _extra_files={METADATA_KEY: extra})
     else:
         buffer = io.BytesIO()
-        # dynamo=False: the default dynamo exporter cannot export this model (README, "Deploy").
+        # dynamo=False: the default dynamo exporter cannot export this model (docs/deploy.md).
         torch.onnx.export(
             adapter,
             (image,),

@@ -8,6 +8,7 @@ outputs and gradients are those of `detectron2.layers.ROIAlign`, and the default
 giving the built-in cascade's outputs and losses. torch builds the extension on first use
 (about a minute, once; cached under ~/.cache/torch_extensions, or TORCH_EXTENSIONS_DIR).
 """
+import hashlib
 import logging
 import os
 import shutil
@@ -42,9 +43,12 @@ def load_extension():
         os.environ["PATH"] = os.pathsep.join([venv_bin, os.environ.get("PATH", "")])
     logger.info(f"Loading the parallel CPU RoIAlign ({_SOURCE.name}); the first time builds it.")
     # at::parallel_for is inlined OpenMP: without -fopenmp it would run on one thread. The
-    # libgomp it links is the one torch has already loaded (same soname).
+    # libgomp it links is the one torch has already loaded (same soname). The name carries
+    # the source's folder: ninja recompiles whenever the source path in its build file
+    # changes, so two checkouts sharing torch's extension cache would rebuild each other's.
+    checkout = hashlib.sha1(str(_SOURCE).encode()).hexdigest()[:8]
     return load(
-        name="cascade_roi_align_cpu",
+        name=f"cascade_roi_align_cpu_{checkout}",
         sources=[str(_SOURCE)],
         extra_cflags=["-O3", "-fopenmp"],
         extra_ldflags=["-fopenmp"],

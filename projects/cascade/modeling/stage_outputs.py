@@ -102,7 +102,7 @@ def detections_by_stage(
         raise RuntimeError("detections_by_stage is for test time: call .eval() first.")
     box_features = [features[f] for f in heads.box_in_features]
     stages = heads.run_stages(box_features, proposals, heads.num_test_stages)
-    scores = heads.test_scorer(heads, box_features, stages)
+    scores = heads.score(box_features, stages, heads.test_scorer)
     detections, kept = heads.detect(stages, scores)
     for image, (instances, kept_rows) in enumerate(zip(detections, kept)):
         # fast_rcnn_inference numbers the rows after dropping those with non-finite boxes
@@ -116,9 +116,9 @@ def detections_by_stage(
     ensemble = SCORERS["mean" if heads.test_score == "last" else heads.test_score]
     sets = {}
     for k in range(1, len(stages) + 1):
-        sets[str(k)] = heads.detect(stages[:k], last_stage(heads, box_features, stages[:k]))[0]
+        sets[str(k)] = heads.detect(stages[:k], heads.score(box_features, stages[:k], last_stage))[0]
     for k in range(2, len(stages) + 1):
-        sets[f"1~{k}"] = heads.detect(stages[:k], ensemble(heads, box_features, stages[:k]))[0]
+        sets[f"1~{k}"] = heads.detect(stages[:k], heads.score(box_features, stages[:k], ensemble))[0]
     return detections, sets
 
 

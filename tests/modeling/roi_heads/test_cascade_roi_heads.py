@@ -123,7 +123,7 @@ def test_test_stage_equals_a_shorter_cascade(test_stage, test_score, mask_per_st
         # Where the mask head is built, with or without masks.
         ("MASK_PER_STAGE", 1, "MASK_PER_STAGE = 1: expected True or False."),
         # With the head's other options.
-        ("TEST_SCORE", "max", "TEST_SCORE = 'max': expected one of mean, mean_on_final, last."),
+        ("TEST_SCORE", "max", "TEST_SCORE = 'max': expected one of mean, mean_logits, mean_on_final, last."),
     ],
     ids=["IOUS", "PARALLEL_CPU_ROI_ALIGN", "MASK_PER_STAGE", "TEST_SCORE"],
 )
@@ -157,7 +157,7 @@ BOX_HEADS = f"{ARGUMENT} box_heads has 3: give one entry per stage."
             [1.0, -1.0, 1.0],
             f"{ARGUMENT} stage_loss_weights[1] = -1.0: a loss weight must be a number >= 0.",
         ),
-        ("test_score", "max", f"{ARGUMENT} test_score = 'max': expected one of mean, mean_on_final, last."),
+        ("test_score", "max", f"{ARGUMENT} test_score = 'max': expected one of mean, mean_logits, mean_on_final, last."),
         (
             "num_test_stages",
             0,

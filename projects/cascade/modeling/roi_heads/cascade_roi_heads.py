@@ -12,7 +12,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 from detectron2.modeling.roi_heads.box_head import build_box_head
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
@@ -20,17 +20,21 @@ from ...config import (
     cascade_head_arguments,
     cascade_stage_settings,
     cascade_switch,
-    check_num_test_stages,
-    check_one_per_stage,
-    check_prune_nms_thresh,
-    check_prune_topk,
-    check_stage_loss_weights,
-    check_test_score,
+    check_head_arguments,
 )
+from ...errors import ConfigError
 from ...layers import parallelize_pooler
+from .final_nms import final_nms
 from .mask_per_stage import MaskHeadPerStage, mask_losses_per_stage
+from .nonfinite import check_stage_losses, check_stage_outputs, finite_or_zero, nan_where_nonfinite
 from .pruning import StagePruner, keep_all
-from .sampling import StageSampler, flag_ground_truth, match_at_stage_iou
+from .sampling import (
+    IgnoreRegionFilter,
+    StageSampler,
+    flag_ground_truth,
+    keep_all_proposals,
+    match_at_stage_iou,
+)
 from .scoring import SCORERS
 
 __all__ = ["CascadeRCNNROIHeads", "Stage"]
@@ -63,7 +67,7 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
     every class, so that each class is reported with its own regression.
 
     The options are settled here, at construction, as the functions the stages call:
-    `label_stage` (training), `prune` and `test_scorer` (inference).
+    `label_stage` (training), `prune`, `test_scorer` and `final_nms` (inference).
     """
 
     @configurable
@@ -82,6 +86,10 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         resample: bool = False,
         test_prune_topk: int = 0,
         test_prune_nms_thresh: float = 1.0,
+        test_nms_method: str = "hard",
+        test_soft_nms_sigma: float = 0.5,
+        test_soft_nms_min_score: float = 0.001,
+        ignore_iof_thresh: float = -1.0,
         **kwargs,
     ):
         """
@@ -98,16 +106,20 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
             resample: re-sample every stage's boxes, as stage 1 is (RESAMPLE).
             test_prune_topk, test_prune_nms_thresh: test time, which boxes of stage 1 go on
                 to stages 2..N (TEST_PRUNE_TOPK, TEST_PRUNE_NMS_THRESH); 0 and 1.0 send all.
+            test_nms_method, test_soft_nms_sigma, test_soft_nms_min_score: the final NMS,
+                "hard" (detectron2's) or soft-NMS (TEST_NMS_METHOD, ...).
+            ignore_iof_thresh: in training, ignore the boxes inside crowd regions at every
+                stage (IGNORE_IOF_THRESH); negative: off.
             kwargs: as for `StandardROIHeads`. A `MaskHeadPerStage` as `mask_head` gives
                 each stage its own mask head.
         """
+        # Every argument of this signature, checked before anything is built from them.
+        check_head_arguments(
+            **{k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        )
         num_stages = len(box_heads)
         if stage_loss_weights is None:
             stage_loss_weights = [1.0] * num_stages
-        _check_arguments(
-            box_heads, box_predictors, proposal_matchers, stage_loss_weights, test_score,
-            num_test_stages, test_prune_topk, test_prune_nms_thresh,
-        )
         super().__init__(
             box_in_features=box_in_features,
             box_pooler=box_pooler,
@@ -134,6 +146,9 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
             append_ground_truth=self.proposal_append_gt,
         )
         self.label_stage = sampler if (resample or self.mask_per_stage) else match_at_stage_iou
+        self.drop_ignored = (
+            IgnoreRegionFilter(ignore_iof_thresh) if ignore_iof_thresh >= 0 else keep_all_proposals
+        )
         self._first_stage_inputs = flag_ground_truth if sampler.replaces_ground_truth else _as_given
         self._mask_losses = mask_losses_per_stage if self.mask_per_stage else _first_stage_mask_losses
         class_specific = any(p.bbox_pred.out_features > 4 for p in box_predictors)
@@ -142,6 +157,8 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         pruned = test_prune_topk > 0 or test_prune_nms_thresh < 1.0
         self.prune = StagePruner(test_prune_topk, test_prune_nms_thresh) if pruned else keep_all
         self.test_scorer = SCORERS[test_score]
+        self.test_nms_method = test_nms_method
+        self.final_nms = final_nms(test_nms_method, test_soft_nms_sigma, test_soft_nms_min_score)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -155,7 +172,7 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         channels = {input_shape[f].channels for f in in_features}
         if len(channels) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_HEADS.IN_FEATURES {in_features} have different channel counts "
                 f"{sorted(channels)}; the shared box pooler needs one."
             )
@@ -211,6 +228,7 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
             return self.forward_with_given_boxes(features, instances), {}
         if not targets:
             raise ValueError("CascadeRCNNROIHeads needs `targets` (ground truth) in training.")
+        proposals = self.drop_ignored(proposals, targets)
         proposals = self.label_and_sample_proposals(*self._first_stage_inputs(proposals, targets))
         box_features = [features[f] for f in self.box_in_features]
         stages = self.run_stages(box_features, proposals, self.num_cascade_stages, targets)
@@ -223,7 +241,7 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         """The detections of the first `num_test_stages` stages."""
         features = [features[f] for f in self.box_in_features]
         stages = self.run_stages(features, proposals, self.num_test_stages)
-        return self.detect(stages, self.test_scorer(self, features, stages))[0]
+        return self.detect(stages, self.score(features, stages, self.test_scorer))[0]
 
     def run_stages(self, features, proposals, num_stages, targets=None) -> List[Stage]:
         """
@@ -240,17 +258,25 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
             if self.training:
                 proposals = self.label_stage(self, previous.refined, previous.proposals, k, targets)
             else:
-                proposals = self._create_proposals_from_boxes(previous.refined, image_sizes)
+                boxes = finite_or_zero(previous.refined)  # see nonfinite.py
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
             stages.append(self._stage(features, proposals, k, num_stages))
         return stages
 
+    def score(self, features, stages: List[Stage], scorer) -> List[torch.Tensor]:
+        """
+        The class probabilities of the last of `stages`' boxes by `scorer` (see scoring.py),
+        NaN in the rows that became non-finite at some stage, which the final NMS drops.
+        """
+        return nan_where_nonfinite(scorer(self, features, stages), stages)
+
     def detect(self, stages: List[Stage], scores: List[torch.Tensor]):
         """
-        Per-class NMS of the last of `stages`' boxes with `scores`; returns the detections and,
-        per image, the indices that `fast_rcnn_inference` kept.
+        Per-class NMS (`final_nms`) of the last of `stages`' boxes with `scores`; returns the
+        detections and, per image, the indices of the rows they come from among the finite ones.
         """
         predictor = self.box_predictor[len(stages) - 1]
-        return fast_rcnn_inference(
+        return self.final_nms(
             stages[-1].boxes,
             scores,
             [p.image_size for p in stages[0].proposals],
@@ -262,8 +288,11 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
     def _stage(self, features, proposals, k, num_stages) -> Stage:
         predictions = self._run_stage(features, proposals, k)
         if self.training and k == num_stages - 1:
+            check_stage_outputs(k, num_stages, predictions, features)
             return Stage(predictions, proposals, None, None)  # feeds no stage, no detection
         boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+        if self.training:
+            check_stage_outputs(k, num_stages, [*predictions, *boxes], features)
         return Stage(predictions, proposals, boxes, self._boxes_handed_on(boxes, predictions, proposals))
 
     def _run_stage(self, features, proposals, stage):
@@ -291,6 +320,7 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         for k, stage in enumerate(stages):
             with storage.name_scope(f"stage{k}"):
                 stage_losses = self.box_predictor[k].losses(stage.predictions, stage.proposals)
+            check_stage_losses(k, stage_losses)
             weight = self.stage_loss_weights[k]
             losses.update({f"{name}_stage{k}": v * weight for name, v in stage_losses.items()})
         return losses
@@ -308,21 +338,3 @@ def _as_regressed(boxes, predictions, proposals):
 def _first_stage_mask_losses(heads, features, stage_proposals):
     """detectron2's single mask head learns from stage 1's sampled proposals."""
     return heads._forward_mask(features, stage_proposals[0])
-
-
-def _check_arguments(
-    box_heads, box_predictors, proposal_matchers, stage_loss_weights, test_score,
-    num_test_stages, test_prune_topk, test_prune_nms_thresh,
-):
-    """Raise ValueError naming the constructor argument (LazyConfig) that is wrong."""
-    name, num_stages = "CascadeRCNNROIHeads argument ", len(box_heads)
-    if num_stages == 0:
-        raise ValueError(f"{name}box_heads is empty: a cascade needs at least one stage.")
-    stages = name + "box_heads"
-    check_one_per_stage(box_predictors, name + "box_predictors", num_stages, stages)
-    check_one_per_stage(proposal_matchers, name + "proposal_matchers", num_stages, stages)
-    check_stage_loss_weights(stage_loss_weights, name + "stage_loss_weights", num_stages, stages)
-    check_test_score(test_score, name + "test_score")
-    check_num_test_stages(num_test_stages, num_stages, name + "num_test_stages", "None or ")
-    check_prune_topk(test_prune_topk, name + "test_prune_topk")
-    check_prune_nms_thresh(test_prune_nms_thresh, name + "test_prune_nms_thresh")

@@ -7,6 +7,8 @@ import torch
 
 from detectron2.layers import batched_nms, cat
 
+from .nonfinite import finite_or_zero, finite_rows
+
 __all__ = ["StagePruner", "keep_all"]
 
 
@@ -36,7 +38,9 @@ class StagePruner:
     def __call__(self, stage, predictor):
         """`stage` (stage 1's outputs) with only the kept rows; `predictor` is stage 1's."""
         probs = predictor.predict_probs(stage.predictions, stage.proposals)
-        keep = [self._rows(p, refined) for p, refined in zip(probs, stage.refined)]
+        finite = finite_rows([stage])
+        nms_boxes = finite_or_zero(stage.refined)  # NMS needs finite boxes
+        keep = [self._rows(p, b, ok) for p, b, ok in zip(probs, nms_boxes, finite)]
         flat = cat([rows + start for rows, start in zip(keep, _offsets(probs))])
         boxes = [b[rows] for b, rows in zip(stage.boxes, keep)]
         refined = boxes if stage.refined is stage.boxes else [
@@ -49,8 +53,10 @@ class StagePruner:
             refined=refined,
         )
 
-    def _rows(self, probs, refined):
+    def _rows(self, probs, refined, finite):
         fg_scores, top_classes = probs[:, :-1].max(dim=1)
+        # A row that became non-finite gives no detection (nonfinite.py): it takes no place.
+        fg_scores = torch.where(finite, fg_scores, torch.full_like(fg_scores, -float("inf")))
         if self.nms_thresh < 1.0:
             # Sorted by score, so the top-k is a slice.
             rows = batched_nms(refined, fg_scores, top_classes, self.nms_thresh)

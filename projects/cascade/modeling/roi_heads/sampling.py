@@ -1,23 +1,60 @@
 """
 The training inputs of stages 2..N: the boxes the previous stage regressed, labelled at
 the stage's own IoU. detectron2 labels them and keeps every one (`match_at_stage_iou`);
-`StageSampler` adds what RESAMPLE and MASK_PER_STAGE need.
+`StageSampler` adds what RESAMPLE and MASK_PER_STAGE need. At every stage, stage 1
+included, `IgnoreRegionFilter` first drops the boxes inside crowd regions (IGNORE_IOF_THRESH).
 """
 from typing import List
 
 import torch
 
 from detectron2.modeling.sampling import subsample_labels
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["match_at_stage_iou", "StageSampler", "flag_ground_truth"]
+__all__ = [
+    "match_at_stage_iou",
+    "StageSampler",
+    "flag_ground_truth",
+    "IgnoreRegionFilter",
+    "keep_all_proposals",
+]
 
 
 def match_at_stage_iou(heads, boxes, previous, stage, targets) -> List[Instances]:
     """detectron2's labelling: every box the previous stage regressed, matched at stage `stage`'s IoU."""
     proposals = heads._create_proposals_from_boxes(boxes, [p.image_size for p in previous])
+    proposals = heads.drop_ignored(proposals, targets)
     return heads._match_and_label_boxes(proposals, stage, targets)
+
+
+class IgnoreRegionFilter:
+    """
+    Drops the boxes whose intersection over their own area with one of the image's crowd
+    regions (`targets[i].ignore_regions`, see data/ignore_regions.py) exceeds `iof_thresh`:
+    such a box is neither a positive nor a negative, so it is not sampled either. The crowd
+    regions must come from a mapper that keeps them (CheckedDatasetMapper(keep_crowd_regions)).
+    """
+
+    def __init__(self, iof_thresh: float):
+        self.iof_thresh = iof_thresh
+
+    @torch.no_grad()
+    def __call__(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+        kept = []
+        for p, t in zip(proposals, targets):
+            regions = t.ignore_regions.boxes if t.has("ignore_regions") else None
+            if regions is None or len(regions) == 0:
+                kept.append(p)
+                continue
+            iof = pairwise_ioa(regions, p.proposal_boxes).max(dim=0).values
+            kept.append(p[iof <= self.iof_thresh])
+        return kept
+
+
+def keep_all_proposals(proposals, targets):
+    """IGNORE_IOF_THRESH < 0: nothing is ignored (detectron2)."""
+    return proposals
 
 
 class StageSampler:
@@ -54,6 +91,7 @@ class StageSampler:
         if self.replaces_ground_truth:
             boxes = [b[~p.is_ground_truth] for b, p in zip(boxes, previous)]
         proposals = heads._create_proposals_from_boxes(boxes, [p.image_size for p in previous])
+        proposals = heads.drop_ignored(proposals, targets)
         if self.replaces_ground_truth:
             proposals = _append_ground_truth(proposals, targets)
         proposals = [
