@@ -18,11 +18,10 @@ import sys
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetMapper, build_detection_test_loader
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from projects.cascade import CascadeRCNNROIHeads
+from projects.cascade.data.ground_truth_loader import ground_truth_loader
 from projects.cascade.engine.launch import load_config
 from projects.cascade.evaluation.iou_analysis import (
     MODES,
@@ -42,18 +41,6 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seeds the training-mode sampling")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
-
-
-def ground_truth_loader(cfg, dataset):
-    """Images resized as at test time, with their annotations (the test mapper drops them)."""
-    mapper = DatasetMapper(
-        is_train=True,
-        augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
-        image_format=cfg.INPUT.FORMAT,
-        use_instance_mask=cfg.MODEL.MASK_ON,
-        instance_mask_format=cfg.INPUT.MASK_FORMAT,
-    )
-    return build_detection_test_loader(cfg, dataset, mapper=mapper)
 
 
 def main(argv=None):

@@ -1,13 +1,16 @@
 """
 train_net.py's evaluation from its command line: the per-stage table in periodic evaluation
-and in a two-process --eval-only, and TEST.EXPECTED_RESULTS.
+and in a two-process --eval-only, and TEST.EXPECTED_RESULTS; tools/stage_quality.py on the
+trained model.
 """
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import TINY, metrics, run
+from tests.helpers import CONFIG, REPO, TINY, env, metrics, run
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +83,22 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
     assert re.search(r"bbox/AP95: task 'bbox' has no metric 'AP95'; metrics: AP, AP50, ", log)
     assert "bbox/AP50" not in log.split("checks failed:")[1]
     assert "Traceback" not in log
+
+
+def test_stage_quality_tool_on_the_trained_model(trained, tmp_path):
+    output_dir, _ = trained
+    proc = subprocess.run(
+        [sys.executable, "tools/stage_quality.py", "--config-file", CONFIG, "--dataset",
+         "trees_test", "--output", str(tmp_path), *TINY, "MODEL.WEIGHTS",
+         str(output_dir / "model_final.pth")],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "stage_quality.json").read_text())
+    assert summary["images"] == 2 and len(summary["localization"]) == 3
+    assert list(summary["detection"]) == ["1", "2", "3", "model"]
+    # The model's AP50 is the one train_net's evaluation of the same weights printed.
+    model_ap50 = summary["detection"]["model"][0]
+    assert model_ap50 == pytest.approx(metrics(output_dir)[-1]["bbox/AP50"], abs=1e-6)
+    assert (tmp_path / "stage_quality.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| input IoU | stage 1: boxes, mean output IoU |" in proc.stdout

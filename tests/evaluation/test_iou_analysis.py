@@ -4,12 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
 from projects.cascade.evaluation.iou_analysis import IoUAnalysis, format_table, save, stage_input_ious
-from tests.helpers import build, tiny_cfg
+from tests.helpers import FixedProposals, build, tiny_cfg
 
 GT = [50.0, 20.0, 90.0, 60.0]  # 40 x 40, inside the image after every shift
 SHIFTS = [0.0, 4.0, 8.0, 12.0, 20.0, 40.0]  # proposals: GT moved left by these
@@ -18,22 +17,6 @@ SHIFTS = [0.0, 4.0, 8.0, 12.0, 20.0, 40.0]  # proposals: GT moved left by these
 def _iou_of_shift(d):
     """Two 40 x 40 boxes, one moved sideways by d."""
     return max(40.0 - abs(d), 0.0) / (40.0 + min(abs(d), 40.0))
-
-
-class _FixedProposals(nn.Module):
-    """An RPN that proposes the same boxes in every image."""
-
-    def __init__(self, boxes):
-        super().__init__()
-        self.boxes = boxes
-
-    def forward(self, images, features, gt_instances=None):
-        proposals = [
-            Instances(size, proposal_boxes=Boxes(self.boxes.clone()),
-                      objectness_logits=torch.zeros(len(self.boxes)))
-            for size in images.image_sizes
-        ]
-        return proposals, {}
 
 
 def _model(test_score):
@@ -47,7 +30,7 @@ def _model(test_score):
             predictor.bbox_pred.weight.zero_()
             predictor.bbox_pred.bias.copy_(torch.tensor([dx, 0.0, 0.0, 0.0]))
     proposals = torch.tensor([[GT[0] - d, GT[1], GT[2] - d, GT[3]] for d in SHIFTS])
-    model.proposal_generator = _FixedProposals(proposals)
+    model.proposal_generator = FixedProposals(proposals)
     return model
 
 

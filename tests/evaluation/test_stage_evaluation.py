@@ -4,14 +4,10 @@ pass, each equal to a run of the model with the matching TEST_STAGE and TEST_SCO
 """
 import json
 import math
-import uuid
 
 import pytest
-import torch
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
-from detectron2.structures import BoxMode
 
 from projects.cascade.errors import ConfigError
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
@@ -19,68 +15,26 @@ from projects.cascade.evaluation.stage_evaluation import (
     COLUMNS,
     CascadeStageEvaluator,
 )
-from projects.cascade.modeling.stage_outputs import STAGES_KEY, CascadeStageOutputs
-from tests.helpers import build, rescaled_inputs, tiny_cfg
-
-SIZES = ((128, 160), (96, 128), (112, 112))
-UPSCALE = 1.5  # the "original" images are larger than the network's input
+from projects.cascade.modeling.stage_outputs import CascadeStageOutputs
+from tests.helpers import build_like, tiny_cfg
 
 
-def _model(reference=None, **options):
-    model = build(tiny_cfg(**options))
-    if reference is not None:
-        model.load_state_dict(reference.state_dict())
-    return model.eval()
-
-
-def _jittered(boxes, amount):
-    offsets = torch.tensor([amount, -amount, amount, amount])
-    return (boxes + offsets).tolist()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """
-    The synthetic images, with ground truth taken from the detections of single stages,
-    jittered: every set of detections then has an AP well above 0, and the sets differ.
-    """
-    model = _model()
-    inputs = rescaled_inputs(SIZES, UPSCALE)
-    with torch.no_grad():
-        outputs = CascadeStageOutputs(model)(inputs)
-    dicts = []
-    for x, output in zip(inputs, outputs):
-        annotations = []
-        for name, amount in (("1", 1.0), ("3", 3.0)):
-            found = output[STAGES_KEY][name][:4]
-            for box, c in zip(_jittered(found.pred_boxes.tensor, amount), found.pred_classes):
-                annotations.append(
-                    {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c)}
-                )
-        dicts.append(
-            {"file_name": f"synthetic_{x['image_id']}.png", "image_id": x["image_id"],
-             "height": x["height"], "width": x["width"], "annotations": annotations}
-        )
-    name = f"stage_eval_{uuid.uuid4().hex[:8]}"
-    DatasetCatalog.register(name, lambda: dicts)
-    MetadataCatalog.get(name).thing_classes = ["a", "b", "c"]
-    yield name, model, inputs, tmp_path_factory.mktemp("stage_eval")
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+def _model(reference, **options):
+    return build_like(reference, tiny_cfg(**options)).eval()
 
 
 def _evaluate(model, evaluator, inputs):
     return inference_on_dataset(model, [[x] for x in inputs], evaluator)
 
 
-def _coco(dataset, model):
-    name, _, inputs, output_dir = dataset
+def _coco(detected_dataset, model):
+    name, _, inputs, output_dir = detected_dataset
     return _evaluate(model, COCOEvaluatorAtIoUs(name, output_dir=str(output_dir)), inputs)["bbox"]
 
 
 @pytest.fixture(scope="module")
-def stage_results(dataset):
-    name, model, inputs, output_dir = dataset
+def stage_results(detected_dataset):
+    name, model, inputs, output_dir = detected_dataset
     evaluator = DatasetEvaluators(
         [
             COCOEvaluatorAtIoUs(name, output_dir=str(output_dir)),
@@ -99,28 +53,28 @@ def _comparable(metrics):
     return {k: "nan" if math.isnan(v) else v for k, v in metrics.items()}
 
 
-def _coco_row(dataset, model):
-    standard = _coco(dataset, model)
+def _coco_row(detected_dataset, model):
+    standard = _coco(detected_dataset, model)
     return _comparable({c: standard[c] for c in COLUMNS})
 
 
-def test_last_ensemble_is_the_standard_evaluation(dataset, stage_results):
-    standard = _coco(dataset, dataset[1])
+def test_last_ensemble_is_the_standard_evaluation(detected_dataset, stage_results):
+    standard = _coco(detected_dataset, detected_dataset[1])
     # The main evaluation is unchanged.
     assert _comparable(stage_results["bbox"]) == _comparable(standard)
-    assert _row(stage_results, "1~3") == _coco_row(dataset, dataset[1])
+    assert _row(stage_results, "1~3") == _coco_row(detected_dataset, detected_dataset[1])
     assert standard["AP"] > 10
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_stage_alone_is_test_stage_with_its_own_scores(dataset, stage_results, stage):
-    model = _model(dataset[1], TEST_STAGE=stage, TEST_SCORE="last")
-    assert _row(stage_results, str(stage)) == _coco_row(dataset, model)
+def test_stage_alone_is_test_stage_with_its_own_scores(detected_dataset, stage_results, stage):
+    model = _model(detected_dataset[1], TEST_STAGE=stage, TEST_SCORE="last")
+    assert _row(stage_results, str(stage)) == _coco_row(detected_dataset, model)
 
 
-def test_first_ensemble_is_test_stage_with_mean_scores(dataset, stage_results):
-    model = _model(dataset[1], TEST_STAGE=2, TEST_SCORE="mean")
-    assert _row(stage_results, "1~2") == _coco_row(dataset, model)
+def test_first_ensemble_is_test_stage_with_mean_scores(detected_dataset, stage_results):
+    model = _model(detected_dataset[1], TEST_STAGE=2, TEST_SCORE="mean")
+    assert _row(stage_results, "1~2") == _coco_row(detected_dataset, model)
 
 
 def test_the_sets_differ(stage_results):
@@ -129,8 +83,8 @@ def test_the_sets_differ(stage_results):
     assert len(set(rows)) == 5
 
 
-def test_tables_are_written(dataset, stage_results):
-    output_dir = dataset[3]
+def test_tables_are_written(detected_dataset, stage_results):
+    output_dir = detected_dataset[3]
     table = json.loads((output_dir / "cascade_stages.json").read_text())
     assert list(table["rows"]) == ["1", "2", "3", "1~2", "1~3"]
     assert table["rows"]["2"] == _row(stage_results, "2")
