@@ -1,17 +1,22 @@
 """
 How the benchmarks measure: paired repetitions in alternating order after a warm-up,
 medians and per-pair ratios with their quartiles, the peak resident memory of one call,
-and a description of the machine that ran them.
+the resident memory of this process and of its children, and a description of the
+machine and the code that ran them.
 """
 import ctypes
 import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+import detectron2
 
 
 # ----------------------------------------------------------------------------- timing
@@ -76,6 +81,38 @@ def peak_rss_mb(fn):
     return (_status_kb("VmHWM") - before) / 1024.0
 
 
+def rss_mib():
+    """This process's resident set size (VmRSS), in MiB."""
+    return _status_kb("VmRSS") / 1024.0
+
+
+def _child_pids():
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+def children_pss_mib():
+    """
+    (number of child processes, their proportional set size (Pss) summed, in MiB). Pss
+    rather than RSS: a forked child (a data-loader worker) starts out sharing its parent's
+    pages, and its RSS counts them whole and does not change when writing to them makes
+    private copies; Pss splits each shared page among its sharers, so what a child copies
+    or allocates shows up, and the sum over processes counts every page once.
+    """
+    count, kb = 0, 0
+    for pid in _child_pids():
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                kb += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            count += 1
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # it ended between the listing and the reading
+    return count, kb / 1024.0
+
+
 def paired_memory(fns, reps):
     """{name: median peak RSS increase (MB)} over `reps` alternating repetitions."""
     names = list(fns)
@@ -106,6 +143,23 @@ def machine():
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "detectron2": detectron2.__version__,
         "python": platform.python_version(),
         "loadavg_1_5_15": load,
     }
+
+
+def commit():
+    """The repository's commit, with "+changes" if the working tree differs from it; None outside git."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
