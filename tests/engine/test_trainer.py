@@ -1,5 +1,5 @@
 """
-ReliableTrainer: a run killed with SIGKILL resumes to the weights of an uninterrupted run; a
+ReliableTrainer: the same bits from the same command, also on a loaded machine; a run killed with SIGKILL resumes to the weights of an uninterrupted run; a
 NaN loss or an unusable image stops training naming the iteration or image, and the last
 good checkpoint survives; every rank ends with the same weights.
 """
@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +24,43 @@ from detectron2.utils import comm
 from projects.cascade.data.resumable_loader import ResumableTrainingSampler
 from projects.cascade.engine.launch import load_config
 from projects.cascade.engine.trainer import ReliableTrainer, _WeightsInSync, weights_fingerprint
-from tests.helpers import CONFIG, REPO, TINY, command, env, metrics, run
+from tests.helpers import (
+    CONFIG,
+    REPO,
+    TINY,
+    checkpoint_fingerprint,
+    command,
+    env,
+    logged_fingerprint,
+    metrics,
+    run,
+)
+
+_HOG = "while True: sum(i * i for i in range(10000))"
+
+
+@pytest.mark.e2e
+def test_the_same_command_gives_the_same_bits_also_under_load(tmp_path, trees_prepared):
+    """
+    README's command (a) states the sha256 of its final weights: a run must not depend on
+    what else the machine does. Two torch threads, as the demo has, and its loader worker.
+    """
+    common = [*TINY, "SOLVER.MAX_ITER", "4", "DATALOADER.NUM_WORKERS", "1", "SEED", "3"]
+    two_threads = {"OMP_NUM_THREADS": "2"}
+    run(*common, "OUTPUT_DIR", tmp_path / "quiet", extra_env=two_threads)
+    hogs = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(2)]
+    try:
+        run(*common, "OUTPUT_DIR", tmp_path / "loaded", extra_env=two_threads)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    run(*common[:-1], "4", "OUTPUT_DIR", tmp_path / "other_seed", extra_env=two_threads)
+
+    quiet = logged_fingerprint(tmp_path / "quiet" / "log.txt")
+    assert quiet == checkpoint_fingerprint(tmp_path / "quiet" / "model_final.pth")
+    assert logged_fingerprint(tmp_path / "loaded" / "log.txt") == quiet
+    # The fingerprint tells runs apart: another seed gives other bits.
+    assert logged_fingerprint(tmp_path / "other_seed" / "log.txt") != quiet
 
 
 @pytest.mark.e2e
