@@ -22,7 +22,6 @@ builds the models, workloads.py their inputs and timed steps, r50_setup.py, tree
 pruning_grid.py and fvcore_counts.py the sections, report.py the JSON file and the tables.
 """
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -82,12 +81,7 @@ def main(argv=None):
         cfgs, models = trees_models(args, results)
         inputs = tree_inputs(cfgs["ours"], "trees_val", 2 if args.quick else 10, is_train=False)
         run_prune_trees(args, results, cfgs["ours"], models, inputs)
-    results["machine"]["loadavg_end"] = os.getloadavg()
-    results["wall_s"] = time.perf_counter() - start
-    report = markdown(results)
-    print(report)
-    results["report"] = report
-    print(f"\nwrote {out} ({results['wall_s']:.0f} s)")
+    results.finish(markdown, start)
     return results
 
 

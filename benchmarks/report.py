@@ -3,6 +3,8 @@ The benchmark's report: its results as a JSON file, rewritten after every sectio
 Markdown tables.
 """
 import json
+import os
+import time
 
 
 class ResultsFile(dict):
@@ -17,6 +19,19 @@ class ResultsFile(dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self, indent=1))
         print(f"  {key}: done", flush=True)
+
+    def finish(self, to_markdown, started):
+        """
+        Record the load at the end and the wall time since `started` (a perf_counter value),
+        then the Markdown report that `to_markdown(results)` makes; print it and return it.
+        """
+        self["machine"]["loadavg_end"] = os.getloadavg()
+        self["wall_s"] = time.perf_counter() - started
+        report = to_markdown(self)
+        print(report)
+        self["report"] = report
+        print(f"\nwrote {self.path} ({self['wall_s']:.0f} s)")
+        return report
 
 
 def _fmt(v, digits=1):

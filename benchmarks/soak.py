@@ -46,7 +46,6 @@ A --quick run has windows of 2 steps: it checks that everything runs, and its ve
 means nothing.
 """
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -118,13 +117,8 @@ def main(argv=None):
         "summary": summarize_phase(windows),
     }
     results["verdict"] = [verdict(p, results[p]["summary"]) for p in ("training", "inference")]
-    results["machine"]["loadavg_end"] = os.getloadavg()
-    results["wall_s"] = time.perf_counter() - start
-    report = soak_markdown(results)
+    report = results.finish(soak_markdown, start)
     (out / "soak.md").write_text(report + "\n")
-    print(report)
-    results["report"] = report
-    print(f"\nwrote {out / 'soak.json'} and {out / 'soak.md'} ({results['wall_s']:.0f} s)")
     return results
 
 

@@ -115,7 +115,7 @@ def main():
         lines.append(f"| {name} | " + " | ".join(mean_and_spread([r[m] for r in own]) for m in METRICS) + " |")
     by_seed = {(r["model"], r["seed"]): r for r in runs}
     leads = {m: [by_seed[models[0], s][m] - by_seed[models[1], s][m] for s in args.seeds] for m in METRICS}
-    lines.append(f"| lead of the cascade, seed by seed | "
+    lines.append("| lead of the cascade, seed by seed | "
                  + " | ".join(mean_and_spread(leads[m]) for m in METRICS) + " |")
     table = "\n".join(lines)
     print(table)

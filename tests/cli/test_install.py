@@ -5,7 +5,6 @@ that the parallel RoIAlign is compiled from.
 """
 import shutil
 import subprocess
-import sys
 import sysconfig
 import venv
 import zipfile

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import CONFIG, run
+from tests.helpers import TINY_CONFIG, run
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +48,7 @@ def test_bad_cascade_key_is_one_line_naming_it(tmp_path):
     output = run("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "[0.5, 0.6]", "OUTPUT_DIR", tmp_path,
                  expect_ok=False)
     assert output.strip().splitlines()[-1] == (
-        f"error: {CONFIG}: MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS has 3 entries but "
+        f"error: {TINY_CONFIG}: MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS has 3 entries but "
         "MODEL.ROI_BOX_CASCADE_HEAD.IOUS has 2: give one entry per stage."
     )
     assert "Traceback" not in output

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from projects.cascade.layers.soft_nms import soft_nms
 from projects.cascade.modeling.test_time_augmentation import CascadeRCNNWithTTA
-from tests.helpers import TINY, assert_same_detections, build, metrics, run, synthetic_batch, tiny_cfg
+from tests.helpers import assert_same_detections, build, metrics, run, synthetic_batch, tiny_cfg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -118,7 +118,7 @@ def test_nonfinite_features_give_no_detections_on_cuda():
 @pytest.mark.e2e
 def test_amp_training_and_evaluation_on_cuda(tmp_path, trees_prepared):
     """detectron2's AMPTrainer (SOLVER.AMP.ENABLED) trains the cascade through train_net.py."""
-    log = run(*TINY, "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "6",
+    log = run("MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "6",
               "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", tmp_path)
     rows = metrics(tmp_path)
     training = [r for r in rows if "total_loss" in r]

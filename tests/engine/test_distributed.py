@@ -11,7 +11,6 @@ import pytest
 
 from tests.helpers import (
     REPO,
-    TINY,
     checkpoint_fingerprint,
     copypaste_bbox,
     env,
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 # The README's multi-machine line; SLURM sets the first two variables on every node.
 SLURM_COMMAND = (
-    '"$PYTHON" train_net.py --config-file configs/trees/cascade_rcnn_trees.yaml --num-gpus 1 '
+    '"$PYTHON" train_net.py --config-file configs/trees/cascade_rcnn_trees_tiny.yaml --num-gpus 1 '
     '--num-machines "$SLURM_JOB_NUM_NODES" --machine-rank "$SLURM_NODEID" '
     '--dist-url "tcp://$MASTER_ADDR:$MASTER_PORT" "$@"'
 )
@@ -41,8 +40,7 @@ def _detections(output_dir):
 def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path, trees_prepared):
     ddp = tmp_path / "ddp"
     log = run(
-        "--num-gpus", "2", "--dist-url", "auto", *TINY,
-        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
+        "--num-gpus", "2", "--dist-url", "auto", *        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
         "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", ddp,
     )
     assert "World size: 2" in (ddp / "log.txt").read_text()
@@ -58,7 +56,7 @@ def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path, trees_p
     # evaluating the same checkpoint must find the same detections and metrics.
     single = tmp_path / "single"
     single_log = run(
-        "--eval-only", *TINY, "MODEL.WEIGHTS", ddp / "model_final.pth",
+        "--eval-only", "MODEL.WEIGHTS", ddp / "model_final.pth",
         "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", single,
     )
     assert copypaste_bbox(single_log) == copypaste_bbox(log)
@@ -85,7 +83,7 @@ def test_two_machines_on_localhost_slurm_style(tmp_path, trees_prepared):
             "PYTHON": sys.executable,
         }
         # Each "machine" writes to its own folder, as on separate disks.
-        opts = [*TINY, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
+        opts = ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
                 "OUTPUT_DIR", str(tmp_path / f"node{node}")]
         procs.append(
             subprocess.Popen(

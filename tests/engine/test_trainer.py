@@ -25,9 +25,8 @@ from projects.cascade.data.resumable_loader import ResumableTrainingSampler
 from projects.cascade.engine.launch import load_config
 from projects.cascade.engine.trainer import ReliableTrainer, _WeightsInSync, weights_fingerprint
 from tests.helpers import (
-    CONFIG,
     REPO,
-    TINY,
+    TINY_CONFIG,
     checkpoint_fingerprint,
     command,
     env,
@@ -45,7 +44,7 @@ def test_the_same_command_gives_the_same_bits_also_under_load(tmp_path, trees_pr
     README's command (a) states the sha256 of its final weights: a run must not depend on
     what else the machine does. Two torch threads, as the demo has, and its loader worker.
     """
-    common = [*TINY, "SOLVER.MAX_ITER", "4", "DATALOADER.NUM_WORKERS", "1", "SEED", "3"]
+    common = ["SOLVER.MAX_ITER", "4", "DATALOADER.NUM_WORKERS", "1", "SEED", "3"]
     two_threads = {"OMP_NUM_THREADS": "2"}
     run(*common, "OUTPUT_DIR", tmp_path / "quiet", extra_env=two_threads)
     hogs = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(2)]
@@ -65,7 +64,7 @@ def test_the_same_command_gives_the_same_bits_also_under_load(tmp_path, trees_pr
 
 @pytest.mark.e2e
 def test_kill_between_checkpoints_then_resume_matches_uninterrupted(tmp_path, trees_prepared):
-    common = [*TINY, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "7"]
+    common = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "7"]
     reference = tmp_path / "uninterrupted"
     run(*common, "OUTPUT_DIR", reference)
 
@@ -103,8 +102,8 @@ def test_kill_between_checkpoints_then_resume_matches_uninterrupted(tmp_path, tr
 
 @pytest.mark.e2e
 def test_nan_loss_names_the_iteration_and_keeps_the_last_checkpoint(tmp_path, trees_prepared):
-    opts = [*TINY, "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path)]
-    trainer = ReliableTrainer(load_config(str(REPO / CONFIG), [*opts, "SOLVER.MAX_ITER", "2"]))
+    opts = ["SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path)]
+    trainer = ReliableTrainer(load_config(str(REPO / TINY_CONFIG), [*opts, "SOLVER.MAX_ITER", "2"]))
     trainer.resume_or_load(resume=False)
     trainer.train()
     good = {f.name: f.read_bytes() for f in tmp_path.glob("*.pth")}
@@ -112,7 +111,7 @@ def test_nan_loss_names_the_iteration_and_keeps_the_last_checkpoint(tmp_path, tr
 
     # Resumed with a zero pixel std: every input becomes inf or NaN.
     diverging = [*opts, "SOLVER.MAX_ITER", "4", "MODEL.PIXEL_STD", "[0.0, 0.0, 0.0]"]
-    trainer = ReliableTrainer(load_config(str(REPO / CONFIG), diverging))
+    trainer = ReliableTrainer(load_config(str(REPO / TINY_CONFIG), diverging))
     trainer.resume_or_load(resume=True)
     # detectron2's RPN or its loss check, whichever meets the NaN first, names the iteration.
     with pytest.raises(FloatingPointError, match=r"NaN.*at iteration=2\b"):
@@ -140,7 +139,7 @@ def test_truncated_image_met_in_training_keeps_the_checkpoints(tmp_path, trees_p
     victim.write_bytes(content[: len(content) // 3])
 
     out = tmp_path / "out"
-    output = run(*TINY, "SEED", "7", "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1",
+    output = run("SEED", "7", "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1",
                  "OUTPUT_DIR", out, expect_ok=False, extra_env={"DETECTRON2_DATASETS": str(root)})
     last_line = output.strip().splitlines()[-1]
     assert re.match(

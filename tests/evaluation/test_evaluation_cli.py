@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import CONFIG, REPO, TINY, env, metrics, run
+from tests.helpers import REPO, TINY_CONFIG, env, metrics, run
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def _table(output_dir):
 def trained(tmp_path_factory, trees_prepared):
     """A few iterations of the tiny recipe; its final evaluation has the per-stage table."""
     output_dir = tmp_path_factory.mktemp("trained")
-    log = run(*TINY, *TEST_SET, *STAGE_EVAL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", output_dir)
+    log = run(*TEST_SET, *STAGE_EVAL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", output_dir)
     return output_dir, log
 
 
@@ -53,7 +53,7 @@ def test_two_process_eval_only_matches_and_passes_expected_results(trained, tmp_
         ["cascade_stages", "2/AP50", last["cascade_stages/2/AP50"], 0.01],
     ]
     log = run(
-        "--eval-only", "--num-gpus", "2", "--dist-url", "auto", *TINY, *TEST_SET, *STAGE_EVAL,
+        "--eval-only", "--num-gpus", "2", "--dist-url", "auto", *TEST_SET, *STAGE_EVAL,
         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", output_dir / "model_final.pth",
         "TEST.EXPECTED_RESULTS", repr(expected), "OUTPUT_DIR", tmp_path,
     )
@@ -73,7 +73,7 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
         ["bbox", "AP50", 0.0, 100.0],  # passes
     ]
     log = run(
-        "--eval-only", *TINY, *TEST_SET, "MODEL.WEIGHTS", output_dir / "model_final.pth",
+        "--eval-only", *TEST_SET, "MODEL.WEIGHTS", output_dir / "model_final.pth",
         "TEST.EXPECTED_RESULTS", repr(expected), "OUTPUT_DIR", tmp_path, expect_ok=False,
     )
     actual_ap = metrics(output_dir)[-1]["bbox/AP"]
@@ -88,8 +88,8 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
 def test_stage_quality_tool_on_the_trained_model(trained, tmp_path):
     output_dir, _ = trained
     proc = subprocess.run(
-        [sys.executable, "tools/stage_quality.py", "--config-file", CONFIG, "--dataset",
-         "trees_test", "--output", str(tmp_path), *TINY, "MODEL.WEIGHTS",
+        [sys.executable, "tools/stage_quality.py", "--config-file", TINY_CONFIG, "--dataset",
+         "trees_test", "--output", str(tmp_path), "MODEL.WEIGHTS",
          str(output_dir / "model_final.pth")],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=600,
     )

@@ -9,7 +9,6 @@ import pytest
 
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 
-from projects.cascade.errors import ConfigError
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
 from projects.cascade.evaluation.stage_evaluation import (
     COLUMNS,

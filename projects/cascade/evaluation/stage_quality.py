@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from detectron2.structures import Boxes, pairwise_iou
-from detectron2.structures.boxes import matched_pairwise_iou
 
 from ..modeling.roi_heads.nonfinite import finite_or_zero
 from ..modeling.stage_outputs import STAGES_KEY, features_and_proposals
