@@ -40,7 +40,8 @@ def _detections(output_dir):
 def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path, trees_prepared):
     ddp = tmp_path / "ddp"
     log = run(
-        "--num-gpus", "2", "--dist-url", "auto", *        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
+        "--num-gpus", "2", "--dist-url", "auto",
+        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
         "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", ddp,
     )
     assert "World size: 2" in (ddp / "log.txt").read_text()
