@@ -71,9 +71,9 @@ def train(config, seed, out_dir):
 
 
 def mean_and_spread(values):
-    """'mean ± sample standard deviation (min-max)'."""
+    """'mean ± sample standard deviation (min to max)'."""
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f} ({min(values):.1f}-{max(values):.1f})"
+    return f"{statistics.mean(values):.1f} ± {spread:.1f} ({min(values):.1f} to {max(values):.1f})"
 
 
 def main():
