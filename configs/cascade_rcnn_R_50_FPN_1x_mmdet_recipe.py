@@ -54,7 +54,8 @@ _heads.positive_fraction = 0.25
 _heads.proposal_append_gt = True
 _heads.resample = True
 # train_cfg.rcnn assigner: pos=neg=min_pos_iou 0.5 / 0.6 / 0.7, match_low_quality=False:
-# the proposal_matchers as they are.
+# the proposal_matchers as they are. ignore_iof_thr=-1 in every assigner (the RPN's too):
+# crowd regions are not ignored, so ignore_iof_thresh stays off (-1) as its default has it.
 # bbox_head: Shared2FCBBoxHead, fc_out_channels=1024: the box_heads as they are.
 # bbox_coder target_stds (0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067,
 # 0.067): weights are their inverses (the third is not detectron2's 30, 15).
