@@ -85,7 +85,7 @@ class CascadeStageEvaluator(COCOEvaluatorAtIoUs):
                 {"image_id": p["image_id"], "instances": p["sets"][name]} for p in predictions
             ]
             self._results = OrderedDict()
-            with _quiet(self._logger):
+            with quiet_coco(self._logger):
                 self._eval_predictions(per_image, img_ids=img_ids)
             rows[name] = {column: self._results["bbox"][column] for column in COLUMNS}
         self._write_tables(rows)
@@ -111,7 +111,7 @@ class CascadeStageEvaluator(COCOEvaluatorAtIoUs):
 
 
 @contextlib.contextmanager
-def _quiet(coco_logger):
+def quiet_coco(coco_logger):
     """
     COCOeval prints a summary and COCOEvaluator logs tables for every set; the one table
     of all sets replaces them.

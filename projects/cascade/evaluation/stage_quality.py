@@ -21,7 +21,7 @@ from detectron2.structures import Boxes, pairwise_iou
 from ..modeling.roi_heads.nonfinite import finite_or_zero
 from ..modeling.stage_outputs import STAGES_KEY, features_and_proposals
 from .coco_evaluation import COCOEvaluatorAtIoUs, ap_at_iou
-from .stage_evaluation import _quiet
+from .stage_evaluation import quiet_coco
 
 __all__ = [
     "INPUT_IOU_EDGES",
@@ -169,7 +169,7 @@ class StageAPByIoU:
         image_ids = sorted(set(self._image_ids))
         results = {}
         for name, evaluator in self._evaluators.items():
-            with _quiet(evaluator._logger):
+            with quiet_coco(evaluator._logger):
                 evaluator.evaluate(img_ids=image_ids)
             if evaluator.ap_at_each_iou is None:
                 raise ValueError(
