@@ -24,7 +24,7 @@ time, this process's RSS (VmRSS), the loader workers' Pss (smaps_rollup: a forke
 RSS does not show the pages it copies from its parent; Pss does), the number of live Python
 objects, the load average, and in training the size of detectron2's metrics history.
 
-The verdict, per phase, compares the last window with window 2 (window 1 is warm-up):
+The verdict, per phase, looks at window 2 to the last (window 1 is warm-up):
 
 - Memory is flat if RSS grows by at most 8 MiB + 2 MiB per 1000 steps beyond the growth of
   detectron2's metrics history, and the workers' Pss by no more. The history is subtracted
@@ -36,10 +36,12 @@ The verdict, per phase, compares the last window with window 2 (window 1 is warm
   steps the limit is about 12 MiB, so a leak of 8 KiB per step (one small tensor or a few
   dozen Python objects kept per step) fails; one 128x128 float image kept per step (64 KiB)
   fails by tenfold. Over 200 steps only leaks of some 40 KiB per step show.
-- Time is flat if the last window's median step time is 0.8 to 1.25 times window 2's.
-  Medians of 100 steps differ by a few per cent on a quiet machine; a cost that rises with
-  the step count (a hook or writer that walks a growing history, say) shows as a steady
-  rise well past 25% over 2000 steps. On a shared machine the ratio also carries changes of
+- Time is flat if a straight line fitted to the windows' median step times ends 0.8 to
+  1.25 times where it starts. Medians of 100 steps differ by a few per cent on a quiet
+  machine, and one window can be slowed by tens of per cent by something else running; the
+  line lets no single window decide. A cost that rises with the step count (a hook or
+  writer that walks a growing history, say) shows as a steady rise well past 25% over 2000
+  steps. On a shared machine the ratio also carries changes of
   load, so the verdict names a change of the 1-minute load average of 0.5 or more.
 
 A --quick run has windows of 2 steps: it checks that everything runs, and its verdict
@@ -79,7 +81,7 @@ def parse_args(argv):
         if getattr(args, key) is None:
             setattr(args, key, value)
     for steps in (args.iterations, args.inference_calls):
-        # The verdict compares the last window with window 2: it needs a third.
+        # The verdict measures from window 2 on: it needs a third.
         if steps < 3 * args.window:
             parser.error(f"{steps} steps make fewer than 3 windows of {args.window}")
     return args

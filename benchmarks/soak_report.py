@@ -1,7 +1,7 @@
 """
-What a soak's windows say: the growth of memory and of the step time from the first window
-after warm-up to the last, a verdict per phase against fixed thresholds, and the Markdown
-report. soak.py's docstring explains the thresholds.
+What a soak's windows say: the growth of memory from the first window after warm-up to the
+last, the trend of the step time over those windows, a verdict per phase against fixed
+thresholds, and the Markdown report. soak.py's docstring explains the thresholds.
 """
 
 # Window 1 holds the warm-up (first calls into the allocator, the thread pools, the data
@@ -12,11 +12,25 @@ REFERENCE_WINDOW = 2
 # Pss.
 MEMORY_NOISE_MIB = 8.0
 MEMORY_RATE_MIB_PER_1000 = 2.0
-# Time is flat if the last window's median step time is within these bounds of window 2's.
+# Time is flat if the step time's trend, a straight line fitted to the medians of window 2
+# to the last, ends within these bounds of where it starts. A line rather than the two end
+# windows: one window slowed by the machine would otherwise decide the verdict.
 TIME_RATIO_RANGE = (0.8, 1.25)
 # A change of the 1-minute load average this large between the two windows is named in
 # the verdict: on a shared machine the time ratio carries it.
 LOAD_CHANGE = 0.5
+
+
+def trend_ratio(windows):
+    """The least-squares line of median step time over steps: its value at the last window
+    divided by its value at the first."""
+    xs = [w["steps"] for w in windows]
+    ys = [w["median_ms"] for w in windows]
+    x_mean, y_mean = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys)) / sum(
+        (x - x_mean) ** 2 for x in xs
+    )
+    return (y_mean + slope * (xs[-1] - x_mean)) / (y_mean + slope * (xs[0] - x_mean))
 
 
 def summarize_phase(windows):
@@ -27,7 +41,7 @@ def summarize_phase(windows):
     beyond_history = rss_growth - history_growth
     workers_growth = last["workers_pss_mib"] - ref["workers_pss_mib"]
     limit = MEMORY_NOISE_MIB + MEMORY_RATE_MIB_PER_1000 * span / 1000
-    ratio = last["median_ms"] / ref["median_ms"]
+    ratio = trend_ratio(windows[REFERENCE_WINDOW - 1 :])
     return {
         "reference_window": REFERENCE_WINDOW,
         "from_step": ref["steps"],
@@ -54,7 +68,7 @@ def verdict(phase, s):
     line = (
         f"{phase}: memory {memory} ({s['rss_growth_beyond_history_mib']:+.1f} MiB beyond the "
         f"metrics history, workers {s['workers_pss_growth_mib']:+.1f} MiB; limit "
-        f"{s['memory_limit_mib']:.1f} MiB), time {time} (ratio {s['time_ratio']:.3f}; "
+        f"{s['memory_limit_mib']:.1f} MiB), time {time} (trend ratio {s['time_ratio']:.3f}; "
         f"range {low}-{high})"
     )
     load_ref, load_last = s["load_1min"]
@@ -111,8 +125,9 @@ def soak_markdown(results):
             f"{s['rss_growth_beyond_history_mib']:+.1f} MiB "
             f"({s['rss_growth_beyond_history_mib_per_1000']:+.2f} per 1000). Workers' Pss "
             f"{s['workers_pss_growth_mib']:+.1f} MiB. Python objects "
-            f"{s['python_objects_growth']:+,}. Median step time, last window / window "
-            f"{s['reference_window']}: {s['time_ratio']:.3f}.",
+            f"{s['python_objects_growth']:+,}. Median step time, the end of its trend (a line "
+            f"fitted to window {s['reference_window']} to the last) / its start: "
+            f"{s['time_ratio']:.3f}.",
             "",
             "**" + verdict(phase, s) + "**",
         ]

@@ -50,8 +50,19 @@ def test_a_rising_step_time_fails_and_a_load_change_is_named():
     s = report.summarize_phase(windows)
     assert not s["time_flat"]
     line = report.verdict("inference", s)
-    assert "time GROWS (ratio 1.353" in line
+    assert "time GROWS (trend ratio 1.353" in line
     assert "the load average went from 1.00 to 2.00" in line
+
+
+def test_one_slow_window_does_not_decide_the_time_verdict():
+    # Compared end to end, a slow window 2 would read as a 0.71x shrink and a slow last
+    # window as a 1.4x growth; the trend over all windows moves by about 10% either way.
+    for slow in (1, -1):
+        windows = _windows()
+        windows[slow]["median_ms"] = 140.0
+        s = report.summarize_phase(windows)
+        assert s["time_flat"], (slow, s["time_ratio"])
+        assert abs(s["time_ratio"] - 1.0) < 0.12
 
 
 def test_workers_growth_counts():
