@@ -9,7 +9,8 @@ Draw a model's detections on images, a folder or a video, as detectron2's demo d
 For each image it writes <output>/<name> with the final detections. `--stages` adds
 <output>/<stem>_stages.png: for the top detections, the proposal each started from and
 the box every stage of the cascade made of it, one colour per stage, so the refinement
-can be seen. `--video-input` writes the video with the detections drawn on every frame.
+can be seen; it prints how far each stage moved their edges. `--video-input` writes the
+video with the detections drawn on every frame.
 """
 import argparse
 import glob
@@ -92,6 +93,17 @@ def draw_stages(image_rgb, instances, top_k, scale=2.0):
     return v.output
 
 
+def stage_movements(instances, top_k):
+    """
+    For the `top_k` highest-scoring detections, how far each stage moves a box edge from
+    the box it was given: [(mean px, max px)] per stage, over the detections' four edges.
+    """
+    top = instances.scores.argsort(descending=True)[:top_k]
+    stage_boxes = instances.stage_boxes[top].cpu()
+    moves = (stage_boxes[:, 1:] - stage_boxes[:, :-1]).abs()  # detections x stages x 4
+    return [(m.mean().item(), m.max().item()) for m in moves.unbind(1)]
+
+
 def _stage_colour(k):
     return STAGE_COLOURS[k % len(STAGE_COLOURS)]
 
@@ -109,6 +121,9 @@ def run_images(predictor, metadata, paths, output, args):
             stages_path = os.path.join(output, Path(path).stem + "_stages.png")
             draw_stages(image_bgr[:, :, ::-1], instances, args.stages_topk).save(stages_path)
             print(f"{path}: stages of the top {args.stages_topk} -> {stages_path}")
+            for k, (mean, most) in enumerate(stage_movements(instances, args.stages_topk)):
+                print(f"  stage {k + 1} moves a box edge {mean:.1f} px on average, "
+                      f"at most {most:.1f} px")
 
 
 def run_video(predictor, metadata, path, output):

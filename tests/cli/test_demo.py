@@ -62,6 +62,19 @@ def test_stage_view_draws_the_top_detections_path_one_colour_per_stage(demo):
     assert all(_near(drawn[110:, 100:], c) == 0 for c in colours), "the lower-scoring one is drawn"
 
 
+def test_stage_movements_are_measured_from_the_box_each_stage_was_given(demo):
+    instances = Instances((100, 160), scores=torch.tensor([0.9, 0.5, 0.1]))
+    start = torch.tensor([10.0, 10.0, 50.0, 50.0])
+    shifts = torch.tensor([  # per detection, how far every edge moves at stages 1, 2, 3
+        [4.0, 2.0, 1.0],
+        [8.0, -2.0, 0.0],
+        [100.0, 100.0, 100.0],  # below the top 2
+    ])
+    instances.stage_boxes = start + torch.cat([torch.zeros(3, 1), shifts.cumsum(1)], 1)[..., None]
+    moves = demo.stage_movements(instances, top_k=2)
+    assert moves == [pytest.approx(m) for m in [(6.0, 8.0), (2.0, 2.0), (0.5, 1.0)]]
+
+
 def test_video(demo, tmp_path):
     video = str(tmp_path / "in.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (80, 64))
