@@ -354,7 +354,16 @@ def run(*args, expect_ok=True, extra_env=None, timeout=600, config=TINY_CONFIG):
     return output
 
 
+def rendezvous(folder):
+    """
+    A --dist-url through a file rather than a port: a port picked as free may be taken by
+    another process before rank 0 binds it; a file in the test's own folder cannot be.
+    """
+    return f"file://{Path(folder) / 'rendezvous'}"
+
+
 def free_port():
+    """Only for the test of the README's tcp:// command: it races as explained above."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -15,7 +15,7 @@ from detectron2.utils import comm
 
 from projects.cascade.engine.launch import check_launch, end_worker, load_config
 from projects.cascade.errors import ConfigError
-from tests.helpers import CONFIG, REPO, run
+from tests.helpers import CONFIG, REPO, rendezvous, run
 
 
 def _yaml(tmp_path, text):
@@ -124,7 +124,7 @@ def test_workers_end_without_interpreter_shutdown(tmp_path):
     A worker closes its process group and runs its exit handlers, then skips the shutdown
     in which torch's C++ threads could abort it.
     """
-    launch(_gather_then_end, 2, dist_url="auto", args=(tmp_path,))
+    launch(_gather_then_end, 2, dist_url=rendezvous(tmp_path), args=(tmp_path,))
     for rank in (0, 1):
         assert (tmp_path / f"atexit{rank}").read_text() == "initialized=False"
         assert not (tmp_path / f"finalized{rank}").exists()

@@ -12,9 +12,9 @@ from tests.helpers import (
     LAZY_CONFIG,
     TINY_LAZY,
     checkpoint_fingerprint,
-    free_port,
     logged_fingerprint,
     metrics,
+    rendezvous,
     run,
 )
 
@@ -76,7 +76,7 @@ def test_eval_only_checks_expected_results(trained, tmp_path):
 def test_two_cpu_processes_train_in_step(trained, tmp_path, trees_prepared):
     log = _run("train.max_iter=2", "dataloader.train.total_batch_size=4",
                f"train.output_dir={tmp_path}",
-               flags=["--num-gpus", 2, "--dist-url", f"tcp://127.0.0.1:{free_port()}"])
+               flags=["--num-gpus", 2, "--dist-url", rendezvous(tmp_path)])
     fingerprints = set(
         logged_fingerprint(f) for f in [tmp_path / "log.txt", tmp_path / "log.txt.rank1"]
     )

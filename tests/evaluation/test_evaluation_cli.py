@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, TINY_CONFIG, env, metrics, run
+from tests.helpers import REPO, TINY_CONFIG, env, metrics, rendezvous, run
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def test_two_process_eval_only_matches_and_passes_expected_results(trained, tmp_
         ["cascade_stages", "2/AP50", last["cascade_stages/2/AP50"], 0.01],
     ]
     log = run(
-        "--eval-only", "--num-gpus", "2", "--dist-url", "auto", *TEST_SET, *STAGE_EVAL,
+        "--eval-only", "--num-gpus", "2", "--dist-url", rendezvous(tmp_path), *TEST_SET, *STAGE_EVAL,
         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", output_dir / "model_final.pth",
         "TEST.EXPECTED_RESULTS", repr(expected), "OUTPUT_DIR", tmp_path,
     )
