@@ -26,8 +26,10 @@ objects, the load average, and in training the size of detectron2's metrics hist
 
 The verdict, per phase, looks at window 2 to the last (window 1 is warm-up):
 
-- Memory is flat if RSS grows by at most 8 MiB + 2 MiB per 1000 steps beyond the growth of
-  detectron2's metrics history, and the workers' Pss by no more. The history is subtracted
+- Memory is flat if RSS (sampled after glibc's malloc_trim(0), which returns the freed
+  memory glibc would otherwise keep; the report shows the untrimmed RSS too) grows by at
+  most 8 MiB + 2 MiB per 1000 steps beyond the growth of detectron2's metrics history, and
+  the workers' Pss by no more. The history is subtracted
   because it grows by design: `EventStorage` keeps every scalar of every step (up to a
   million per scalar), about 100 bytes per scalar per step, i.e. a few MiB per 1000 steps
   with the cascade's per-stage losses; the report shows it. The 8 MiB are glibc's noise:

@@ -36,7 +36,8 @@ def trend_ratio(windows):
 def summarize_phase(windows):
     ref, last = windows[REFERENCE_WINDOW - 1], windows[-1]
     span = last["steps"] - ref["steps"]
-    rss_growth = last["rss_mib"] - ref["rss_mib"]
+    rss = "rss_trimmed_mib" if "rss_trimmed_mib" in ref else "rss_mib"
+    rss_growth = last[rss] - ref[rss]
     history_growth = last.get("metrics_history_mib", 0.0) - ref.get("metrics_history_mib", 0.0)
     beyond_history = rss_growth - history_growth
     workers_growth = last["workers_pss_mib"] - ref["workers_pss_mib"]
@@ -44,6 +45,8 @@ def summarize_phase(windows):
     ratio = trend_ratio(windows[REFERENCE_WINDOW - 1 :])
     return {
         "reference_window": REFERENCE_WINDOW,
+        "rss_after_malloc_trim": rss == "rss_trimmed_mib",
+        "rss_untrimmed_growth_mib": last["rss_mib"] - ref["rss_mib"],
         "from_step": ref["steps"],
         "to_step": last["steps"],
         "rss_growth_mib": rss_growth,
@@ -79,16 +82,20 @@ def verdict(phase, s):
 
 def _window_table(windows):
     with_history = "metrics_history_mib" in windows[0]
+    trimmed = "rss_trimmed_mib" in windows[0]
     lines = [
-        "| steps | median ms | RSS MiB | workers | workers' Pss MiB |"
+        "| steps | median ms | RSS MiB |" + (" after malloc_trim |" if trimmed else "")
+        + " workers | workers' Pss MiB |"
         + (" metrics scalars | metrics history MiB |" if with_history else "")
         + " Python objects | load (1 min) |",
-        "|--:|--:|--:|--:|--:|" + ("--:|--:|" if with_history else "") + "--:|--:|",
+        "|--:|--:|--:|" + ("--:|" if trimmed else "") + "--:|--:|"
+        + ("--:|--:|" if with_history else "") + "--:|--:|",
     ]
     for w in windows:
         lines.append(
-            f"| {w['steps']} | {w['median_ms']:.1f} | {w['rss_mib']:.1f} | {w['workers']} | "
-            f"{w['workers_pss_mib']:.1f} |"
+            f"| {w['steps']} | {w['median_ms']:.1f} | {w['rss_mib']:.1f} |"
+            + (f" {w['rss_trimmed_mib']:.1f} |" if trimmed else "")
+            + f" {w['workers']} | {w['workers_pss_mib']:.1f} |"
             + (f" {w['metrics_scalars']} | {w['metrics_history_mib']:.2f} |" if with_history else "")
             + f" {w['python_objects']:,} | {w['load_1min']:.2f} |"
         )
@@ -119,11 +126,16 @@ def soak_markdown(results):
         lines += [
             "",
             f"From the end of window {s['reference_window']} (step {s['from_step']}) to the "
-            f"last (step {s['to_step']}): RSS {s['rss_growth_mib']:+.1f} MiB "
+            f"last (step {s['to_step']}): RSS"
+            + (" after malloc_trim" if s["rss_after_malloc_trim"] else "")
+            + f" {s['rss_growth_mib']:+.1f} MiB "
             f"({s['rss_growth_mib_per_1000']:+.2f} MiB per 1000 steps), of which detectron2's "
             f"metrics history {s['metrics_history_growth_mib']:+.2f} MiB; beyond it "
             f"{s['rss_growth_beyond_history_mib']:+.1f} MiB "
-            f"({s['rss_growth_beyond_history_mib_per_1000']:+.2f} per 1000). Workers' Pss "
+            f"({s['rss_growth_beyond_history_mib_per_1000']:+.2f} per 1000)"
+            + (f"; untrimmed RSS {s['rss_untrimmed_growth_mib']:+.1f} MiB"
+               if s["rss_after_malloc_trim"] else "")
+            + ". Workers' Pss "
             f"{s['workers_pss_growth_mib']:+.1f} MiB. Python objects "
             f"{s['python_objects_growth']:+,}. Median step time, the end of its trend (a line "
             f"fitted to window {s['reference_window']} to the last) / its start: "

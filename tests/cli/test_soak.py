@@ -65,6 +65,19 @@ def test_one_slow_window_does_not_decide_the_time_verdict():
         assert abs(s["time_ratio"] - 1.0) < 0.12
 
 
+def test_memory_glibc_can_return_is_not_counted_as_a_leak():
+    # Untrimmed RSS drifts up by 20 MiB; after malloc_trim it is flat, or leaks 8 KiB/step.
+    windows = _windows(rss_per_window=20 / 19)
+    for w in windows:
+        w["rss_trimmed_mib"] = 450.0
+    s = report.summarize_phase(windows)
+    assert s["memory_flat"] and s["rss_after_malloc_trim"]
+    assert s["rss_untrimmed_growth_mib"] == pytest.approx(18.95, abs=0.01)
+    for i, w in enumerate(windows):
+        w["rss_trimmed_mib"] += i * 100 * 8 / 1024
+    assert not report.summarize_phase(windows)["memory_flat"]
+
+
 def test_workers_growth_counts():
     windows = _windows()
     windows[-1]["workers_pss_mib"] += 20.0
@@ -84,8 +97,10 @@ def test_quick_soak_writes_its_report(trees_prepared, tmp_path):
         windows = results[phase]["windows"]
         assert [w["steps"] for w in windows] == [2, 4, 6], phase
         assert all(w["rss_mib"] > 0 and w["median_ms"] > 0 for w in windows)
+        assert all(0 < w["rss_trimmed_mib"] <= w["rss_mib"] + 1 for w in windows)
     # The recipe's loader worker runs beside the training, and is measured.
     assert all(w["workers"] == 1 for w in results["training"]["windows"])
     assert results["training"]["windows"][-1]["metrics_scalars"] > 10
     assert (tmp_path / "train" / "model_final.pth").exists()
     assert "## Training" in proc.stdout and "**inference: memory" in proc.stdout
+    assert "RSS after malloc_trim" in proc.stdout
