@@ -12,6 +12,7 @@ a LazyConfig (.py):
 A bad config, dataset or checkpoint stops the run with a message naming the file, key
 or image (see docs/reliability.md).
 """
+
 import sys
 
 import detectron2.utils.comm as comm

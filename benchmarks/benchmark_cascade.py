@@ -21,6 +21,7 @@ The modules next to this file hold the parts: harness.py measures, compared_mode
 builds the models, workloads.py their inputs and timed steps, r50_setup.py, trees_setup.py,
 pruning_grid.py and fvcore_counts.py the sections, report.py the JSON file and the tables.
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -41,20 +42,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
     parser.add_argument("--output", default="output/benchmarks/results.json")
-    parser.add_argument("--reps", type=int,
-                        help="paired repetitions of the R50 setup (default 10, quick 2)")
+    parser.add_argument(
+        "--reps", type=int, help="paired repetitions of the R50 setup (default 10, quick 2)"
+    )
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("r50", "trees", "trees-train", "trees-prune"),
-                        help="run one setup, or only the trees' training iterations or pruning")
-    parser.add_argument("--train-reps", type=int,
-                        help="paired training iterations of the trees setup (default 20)")
-    parser.add_argument("--prune-reps", type=int,
-                        help="paired inference repetitions of the pruning table (default 30)")
+    parser.add_argument(
+        "--only",
+        choices=("r50", "trees", "trees-train", "trees-prune"),
+        help="run one setup, or only the trees' training iterations or pruning",
+    )
+    parser.add_argument(
+        "--train-reps", type=int, help="paired training iterations of the trees setup (default 20)"
+    )
+    parser.add_argument(
+        "--prune-reps",
+        type=int,
+        help="paired inference repetitions of the pruning table (default 30)",
+    )
     parser.add_argument(
         "--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth"
     )
-    parser.add_argument("--faster-weights", default="output/trees/faster_rcnn_seed1/model_final.pth")
+    parser.add_argument(
+        "--faster-weights", default="output/trees/faster_rcnn_seed1/model_final.pth"
+    )
     args = parser.parse_args(argv)
     args.reps = args.reps or (2 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)

@@ -7,6 +7,7 @@ weights:
 - faster: Faster R-CNN's `StandardROIHeads`, with the same backbone and RPN;
 - ours_tv: ours with PARALLEL_CPU_ROI_ALIGN False (torchvision's RoIAlign, as the others use).
 """
+
 from pathlib import Path
 
 import torch
@@ -68,7 +69,9 @@ def build_trio(configs, cascade_weights=None, faster_weights=None, stages=None, 
         models["faster"].load_state_dict(_load(faster_weights), strict=True)
     else:
         shared = {
-            k: v for k, v in models["builtin"].state_dict().items() if not k.startswith("roi_heads.")
+            k: v
+            for k, v in models["builtin"].state_dict().items()
+            if not k.startswith("roi_heads.")
         }
         models["faster"].load_state_dict(shared, strict=False)
     return cfgs, models

@@ -1,4 +1,5 @@
 """Parameters and FLOPs (fvcore, through detectron2's analysis tools) of the compared models."""
+
 import torch
 
 from detectron2.utils.analysis import FlopCountAnalysis, parameter_count

@@ -4,6 +4,7 @@ medians and per-pair ratios with their quartiles, the peak resident memory of on
 the resident memory of this process and of its children, and a description of the
 machine and the code that ran them.
 """
+
 import ctypes
 import gc
 import os
@@ -150,7 +151,7 @@ def machine():
 
 
 def commit():
-    """The repository's commit, with "+changes" if the working tree differs from it; None outside git."""
+    """The repository's commit, "+changes" if the working tree differs from it; None outside git."""
     repo = Path(__file__).resolve().parents[1]
 
     def git(*args):

@@ -5,15 +5,15 @@ fixed features and proposals of the trees demo (or random R50 weights with --r50
 
     .venv/bin/python benchmarks/profile_roi_heads.py [--r50] [--reps 10]
 """
+
 import argparse
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from projects.cascade.modeling.stage_outputs import features_and_proposals
-
 from compared_models import build_trio
+from projects.cascade.modeling.stage_outputs import features_and_proposals
 from r50_setup import R50_CONFIGS, propose_anchors
 from trees_setup import TREES_CONFIGS
 from workloads import random_image, tree_inputs
@@ -23,7 +23,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--r50", action="store_true")
     parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth")
+    parser.add_argument(
+        "--cascade-weights", default="output/trees/cascade_rcnn_seed1/model_final.pth"
+    )
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -3,6 +3,7 @@ The TEST_PRUNE_TOPK / TEST_PRUNE_NMS_THRESH grid: ours pruned at each setting ne
 Faster R-CNN and the built-in cascade, each cascade's overhead over Faster R-CNN, and the
 trees setup's pruning table (COCO AP on trees_val and trees_test, and inference time).
 """
+
 import copy
 
 import torch
@@ -14,8 +15,15 @@ from workloads import infer_fn, tree_inputs
 
 # (TEST_PRUNE_TOPK, TEST_PRUNE_NMS_THRESH); (0, 1.0) is off.
 PRUNE_SETTINGS = (
-    (100, 1.0), (200, 1.0), (300, 1.0), (500, 1.0), (0, 1.0),
-    (0, 0.8), (0, 0.7), (200, 0.8), (150, 0.7),
+    (100, 1.0),
+    (200, 1.0),
+    (300, 1.0),
+    (500, 1.0),
+    (0, 1.0),
+    (0, 0.8),
+    (0, 0.7),
+    (200, 0.8),
+    (150, 0.7),
 )
 
 

@@ -3,13 +3,13 @@ The R50-FPN setup: random weights (a ResNet-18 in a quick run), one random image
 proposing its anchors. Times inference and the ROI heads alone, measures peak memory,
 counts parameters and FLOPs, and times the ROI heads at every pruning setting.
 """
-import torch
 
-from projects.cascade.modeling.stage_outputs import features_and_proposals
+import torch
 
 from compared_models import build_trio, trio
 from fvcore_counts import section_params_flops
 from harness import paired_memory, paired_times, summarize
+from projects.cascade.modeling.stage_outputs import features_and_proposals
 from pruning_grid import add_overheads, pruning_variants
 from workloads import infer_fn, random_image, roi_fn
 
@@ -61,9 +61,7 @@ def run_r50(args, results):
     section_params_flops(results, "r50", trio(models), inputs)
 
     # TEST_PRUNE_TOPK on the R50 ROI heads (1000 proposals), against Faster R-CNN's.
-    fns = {
-        n: roi_fn(m, images, features, proposals) for n, m in pruning_variants(models).items()
-    }
+    fns = {n: roi_fn(m, images, features, proposals) for n, m in pruning_variants(models).items()}
     timing = summarize(paired_times(fns, reps, warm))
     add_overheads(timing)
     results["r50/prune_roi_heads"] = {"num_proposals": len(proposals[0]), **timing}

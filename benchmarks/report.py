@@ -2,6 +2,7 @@
 The benchmark's report: its results as a JSON file, rewritten after every section, and as
 Markdown tables.
 """
+
 import json
 import os
 import time
@@ -65,14 +66,18 @@ def markdown(results):
                 f"{_ratio(row['ours'], 'builtin')} | {_ratio(row['ours'], 'faster')} |"
                 + (
                     f" {_fmt(row['ours_tv'][value])} {unit} | {_ratio(row['ours_tv'], 'builtin')} |"
-                    if with_tv else ""
+                    if with_tv
+                    else ""
                 )
             )
 
     main = [
         (k, results[k])
         for k in (
-            "r50/inference", "r50/roi_heads", "trees/inference", "trees/roi_heads",
+            "r50/inference",
+            "r50/roi_heads",
+            "trees/inference",
+            "trees/roi_heads",
             "trees/train_iter",
         )
         if k in results
@@ -99,8 +104,12 @@ def markdown(results):
         ("trees/roi_heads_by_stages", "stages"),
     ):
         if key in results:
-            table(f"ROI heads by {label} (trees demo, median ms)",
-                  list(results[key].items()), "median_ms", "ms")
+            table(
+                f"ROI heads by {label} (trees demo, median ms)",
+                list(results[key].items()),
+                "median_ms",
+                "ms",
+            )
     for key in ("trees/prune", "r50/prune_roi_heads"):
         if key not in results:
             continue

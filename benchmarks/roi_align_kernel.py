@@ -8,10 +8,12 @@ R50-FPN P2 map (256 x 200 x 336, stride 4) and 1000 random boxes of up to 200 px
 
 Times are medians of paired repetitions (torchvision, ours, then the reverse order).
 """
+
 import argparse
 import statistics
 import sys
 import time
+from functools import partial
 
 import torch
 from torchvision.ops import roi_align
@@ -63,14 +65,16 @@ def main():
                 "ours": lambda: ours(features, boxes),
             },
             "backward": {
-                "torchvision": lambda: torch.autograd.grad(by_tv, leaf, grad, retain_graph=True),
-                "ours": lambda: torch.autograd.grad(by_ours, leaf, grad, retain_graph=True),
+                "torchvision": partial(torch.autograd.grad, by_tv, leaf, grad, retain_graph=True),
+                "ours": partial(torch.autograd.grad, by_ours, leaf, grad, retain_graph=True),
             },
         }
         for name, fns in passes.items():
             ms = paired(fns, args.reps)
-            print(f"| {threads} | {name} | {ms['torchvision']:.0f} ms | {ms['ours']:.0f} ms | "
-                  f"{ms['ours'] / ms['torchvision']:.2f} |")
+            print(
+                f"| {threads} | {name} | {ms['torchvision']:.0f} ms | {ms['ours']:.0f} ms | "
+                f"{ms['ours'] / ms['torchvision']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ The verdict, per phase, looks at window 2 to the last (window 1 is warm-up):
 A --quick run has windows of 2 steps: it checks that everything runs, and its verdict
 means nothing.
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -73,9 +74,12 @@ def parse_args(argv):
     parser.add_argument("--inference-calls", type=int, help="inference calls (default 2000)")
     parser.add_argument("--window", type=int, help="steps per window (default 100)")
     parser.add_argument("--output", default="output/benchmarks/soak", help="folder for the report")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="data-loader worker processes (DATALOADER.NUM_WORKERS; default 1, "
-                             "the recipe's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-loader worker processes (DATALOADER.NUM_WORKERS; default 1, the recipe's)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="a few steps, to check it runs")
     args = parser.parse_args(argv)
@@ -96,10 +100,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     results = ResultsFile(
-        out / "soak.json", machine=machine(), commit=commit(), quick=args.quick,
+        out / "soak.json",
+        machine=machine(),
+        commit=commit(),
+        quick=args.quick,
         settings={
-            "iterations": args.iterations, "inference_calls": args.inference_calls,
-            "window": args.window, "workers": args.workers, "threads": args.threads,
+            "iterations": args.iterations,
+            "inference_calls": args.inference_calls,
+            "window": args.window,
+            "workers": args.workers,
+            "threads": args.threads,
         },
     )
     start = time.perf_counter()
@@ -109,14 +119,14 @@ def main(argv=None):
     )
     results["training"] = {
         "what": f"ReliableTrainer, tiny tree-crown recipe, batch {cfg.SOLVER.IMS_PER_BATCH} at "
-                f"{cfg.INPUT.MAX_SIZE_TRAIN} px, {args.workers} data-loader worker(s).",
+        f"{cfg.INPUT.MAX_SIZE_TRAIN} px, {args.workers} data-loader worker(s).",
         "windows": windows,
         "summary": summarize_phase(windows),
     }
     windows, detections = run_inference_soak(model, cfg, args.inference_calls, args.window)
     results["inference"] = {
         "what": f"The trained model in eval mode, no gradients, the {NUM_TILES} trees_val tiles "
-                f"in turn at {cfg.INPUT.MAX_SIZE_TEST} px; {detections:.1f} detections per call.",
+        f"in turn at {cfg.INPUT.MAX_SIZE_TEST} px; {detections:.1f} detections per call.",
         "windows": windows,
         "summary": summarize_phase(windows),
     }

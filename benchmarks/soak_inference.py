@@ -3,6 +3,7 @@ The soak's inference phase: the trained tiny model in eval mode, called on the r
 trees_val tiles in turn, as `inference_on_dataset` calls it (no gradients, one image per
 call, outputs dropped after use).
 """
+
 import torch
 
 from soak_windows import WindowRecorder

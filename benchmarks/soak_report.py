@@ -84,19 +84,27 @@ def _window_table(windows):
     with_history = "metrics_history_mib" in windows[0]
     trimmed = "rss_trimmed_mib" in windows[0]
     lines = [
-        "| steps | median ms | RSS MiB |" + (" after malloc_trim |" if trimmed else "")
+        "| steps | median ms | RSS MiB |"
+        + (" after malloc_trim |" if trimmed else "")
         + " workers | workers' Pss MiB |"
         + (" metrics scalars | metrics history MiB |" if with_history else "")
         + " Python objects | load (1 min) |",
-        "|--:|--:|--:|" + ("--:|" if trimmed else "") + "--:|--:|"
-        + ("--:|--:|" if with_history else "") + "--:|--:|",
+        "|--:|--:|--:|"
+        + ("--:|" if trimmed else "")
+        + "--:|--:|"
+        + ("--:|--:|" if with_history else "")
+        + "--:|--:|",
     ]
     for w in windows:
         lines.append(
             f"| {w['steps']} | {w['median_ms']:.1f} | {w['rss_mib']:.1f} |"
             + (f" {w['rss_trimmed_mib']:.1f} |" if trimmed else "")
             + f" {w['workers']} | {w['workers_pss_mib']:.1f} |"
-            + (f" {w['metrics_scalars']} | {w['metrics_history_mib']:.2f} |" if with_history else "")
+            + (
+                f" {w['metrics_scalars']} | {w['metrics_history_mib']:.2f} |"
+                if with_history
+                else ""
+            )
             + f" {w['python_objects']:,} | {w['load_1min']:.2f} |"
         )
     return lines
@@ -133,8 +141,11 @@ def soak_markdown(results):
             f"metrics history {s['metrics_history_growth_mib']:+.2f} MiB; beyond it "
             f"{s['rss_growth_beyond_history_mib']:+.1f} MiB "
             f"({s['rss_growth_beyond_history_mib_per_1000']:+.2f} per 1000)"
-            + (f"; untrimmed RSS {s['rss_untrimmed_growth_mib']:+.1f} MiB"
-               if s["rss_after_malloc_trim"] else "")
+            + (
+                f"; untrimmed RSS {s['rss_untrimmed_growth_mib']:+.1f} MiB"
+                if s["rss_after_malloc_trim"]
+                else ""
+            )
             + ". Workers' Pss "
             f"{s['workers_pss_growth_mib']:+.1f} MiB. Python objects "
             f"{s['python_objects_growth']:+,}. Median step time, the end of its trend (a line "

@@ -3,6 +3,7 @@ The soak's training phase: the tree-crown recipe shrunk to the tests' tiny model
 `ReliableTrainer` as `train_net.py` trains it (resumable data stream with its loader
 workers, hooks, LR schedule, checkpointer, metrics writers), with evaluation off.
 """
+
 import sys
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from detectron2.engine import HookBase
 
 from projects.cascade.engine.launch import load_config
 from projects.cascade.engine.trainer import ReliableTrainer
-
 from soak_windows import WindowRecorder
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/trees/cascade_rcnn_trees_tiny.yaml"
@@ -18,19 +18,29 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs/trees/cascade_rcnn_trees
 
 def soak_config(iterations, workers, output_dir):
     """The tests' tiny tree-crown recipe, for `iterations` steps."""
-    return load_config(str(CONFIG), [
-        "DATALOADER.NUM_WORKERS", str(workers),
-        # The recipe's 0.02 is for 4 images per batch; halved with the batch (linear
-        # scaling), so that a long soak does not diverge into a NaN loss.
-        "SOLVER.BASE_LR", "0.01",
-        "SOLVER.MAX_ITER", str(iterations),
-        # The recipe's schedule, stretched to the soak's length.
-        "SOLVER.STEPS", f"({int(iterations * 0.7)}, {int(iterations * 0.9)})",
-        # Rare but present: one checkpoint half-way, and model_final.
-        "SOLVER.CHECKPOINT_PERIOD", str(max(iterations // 2, 1)),
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(output_dir),
-    ])
+    return load_config(
+        str(CONFIG),
+        [
+            "DATALOADER.NUM_WORKERS",
+            str(workers),
+            # The recipe's 0.02 is for 4 images per batch; halved with the batch (linear
+            # scaling), so that a long soak does not diverge into a NaN loss.
+            "SOLVER.BASE_LR",
+            "0.01",
+            "SOLVER.MAX_ITER",
+            str(iterations),
+            # The recipe's schedule, stretched to the soak's length.
+            "SOLVER.STEPS",
+            f"({int(iterations * 0.7)}, {int(iterations * 0.9)})",
+            # Rare but present: one checkpoint half-way, and model_final.
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(max(iterations // 2, 1)),
+            "TEST.EVAL_PERIOD",
+            "0",
+            "OUTPUT_DIR",
+            str(output_dir),
+        ],
+    )
 
 
 def metrics_history_mib(storage):

@@ -2,6 +2,7 @@
 A soak's record: the time of every step, and every `window` steps a window with the
 median step time and a sample of the memory.
 """
+
 import ctypes
 import gc
 import os

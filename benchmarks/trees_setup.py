@@ -4,16 +4,16 @@ trees_val tiles. Times inference, the ROI heads alone by number of proposals and
 and training iterations; measures peak memory; counts parameters and FLOPs; then runs the
 pruning table.
 """
+
 import copy
 from pathlib import Path
 
 from detectron2.solver import build_optimizer
 
-from projects.cascade.modeling.stage_outputs import features_and_proposals
-
 from compared_models import build_trio, trio
 from fvcore_counts import section_params_flops
 from harness import paired_memory, paired_times, summarize
+from projects.cascade.modeling.stage_outputs import features_and_proposals
 from pruning_grid import run_prune_trees
 from workloads import infer_fn, roi_fn, synthetic_proposals, train_fn, tree_inputs
 

@@ -3,6 +3,7 @@ What the benchmarks feed the models (a random image, tree tiles, synthetic propo
 the steps they time on it (ROI heads alone, inference, one training iteration). Every step
 takes the repetition's index, as `harness.paired_times` calls it.
 """
+
 import copy
 import random
 

@@ -4,7 +4,10 @@ ViTDet recipe (projects/ViTDet, cascade_mask_rcnn_vitdet_b_100ep.py), built from
 own ViT and SimpleFeaturePyramid (common/models/mask_rcnn_vitdet.py). Each stage's box head
 has 4 convs with LayerNorm and 1 FC, as in that recipe. detectron2's ViT needs timm.
 """
+
 from functools import partial
+
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
@@ -14,11 +17,8 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
 from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from projects.cascade import CascadeRCNNROIHeads
-
-from .common.data.coco_lsj import dataloader
 
 model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 for _key in ("box_head", "box_predictor", "proposal_matcher"):  # Mask R-CNN's single stage

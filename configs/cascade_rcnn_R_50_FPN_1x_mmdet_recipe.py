@@ -4,10 +4,12 @@ terms. Each setting names the mmdetection field it maps (models/cascade-rcnn_r50
 datasets/coco_detection.py, schedules/schedule_1x.py). Where detectron2 has no exact
 counterpart, the comment says what differs.
 """
+
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from .cascade_rcnn_R_50_FPN_1x import dataloader, model, optimizer, train
 
@@ -62,7 +64,8 @@ _heads.resample = True
 # reg_class_agnostic=True: as is. loss_bbox SmoothL1Loss(beta=1.0); loss_cls softmax
 # cross-entropy: as is.
 for _predictor, _stds in zip(
-    _heads.box_predictors, [(0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)]
+    _heads.box_predictors,
+    [(0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)],
 ):
     _predictor.box2box_transform.weights = tuple(1.0 / s for s in _stds)
     _predictor.smooth_l1_beta = 1.0

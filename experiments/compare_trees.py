@@ -12,6 +12,7 @@ whose metrics.json holds its final evaluation is read, not redone (--retrain for
 Seed 1 of the demo is the README's command (a): SEED is 1 in the demo configs. Writes
 output/trees/comparison[_3x].md and .json.
 """
+
 import argparse
 import json
 import os
@@ -62,8 +63,16 @@ def cpu_name():
 
 
 def train(config, seed, out_dir):
-    cmd = [sys.executable, "train_net.py", "--config-file", config, "SEED", str(seed),
-           "OUTPUT_DIR", str(out_dir)]
+    cmd = [
+        sys.executable,
+        "train_net.py",
+        "--config-file",
+        config,
+        "SEED",
+        str(seed),
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
     print("+", " ".join(cmd), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir.with_suffix(".log"), "w") as log:
@@ -77,7 +86,9 @@ def mean_and_spread(values):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--schedule", choices=list(SCHEDULES), default="demo")
     parser.add_argument("--retrain", action="store_true", help="train even if results exist")
@@ -93,8 +104,9 @@ def main():
             if result is None:
                 sys.exit(f"{out_dir}/metrics.json has no final bbox evaluation; see {out_dir}.log")
             metrics, iterations, sha256 = result
-            runs.append({"model": name, "seed": seed, "iterations": iterations,
-                         "sha256": sha256, **metrics})
+            runs.append(
+                {"model": name, "seed": seed, "iterations": iterations, "sha256": sha256, **metrics}
+            )
 
     models = list(SCHEDULES[args.schedule])
     lines = [
@@ -106,17 +118,28 @@ def main():
     ]
     lines += [
         f"| {r['model']} | {r['seed']} | {r['iterations']} | "
-        + " | ".join(f"{r[m]:.1f}" for m in METRICS) + f" | `{r['sha256'][:16]}` |"
+        + " | ".join(f"{r[m]:.1f}" for m in METRICS)
+        + f" | `{r['sha256'][:16]}` |"
         for r in runs
     ]
     lines += ["", "| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for name in models:
         own = [r for r in runs if r["model"] == name]
-        lines.append(f"| {name} | " + " | ".join(mean_and_spread([r[m] for r in own]) for m in METRICS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(mean_and_spread([r[m] for r in own]) for m in METRICS)
+            + " |"
+        )
     by_seed = {(r["model"], r["seed"]): r for r in runs}
-    leads = {m: [by_seed[models[0], s][m] - by_seed[models[1], s][m] for s in args.seeds] for m in METRICS}
-    lines.append("| lead of the cascade, seed by seed | "
-                 + " | ".join(mean_and_spread(leads[m]) for m in METRICS) + " |")
+    leads = {
+        m: [by_seed[models[0], s][m] - by_seed[models[1], s][m] for s in args.seeds]
+        for m in METRICS
+    }
+    lines.append(
+        "| lead of the cascade, seed by seed | "
+        + " | ".join(mean_and_spread(leads[m]) for m in METRICS)
+        + " |"
+    )
     table = "\n".join(lines)
     print(table)
     suffix = "" if args.schedule == "demo" else f"_{args.schedule}"

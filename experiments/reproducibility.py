@@ -12,6 +12,7 @@ The settings: the baseline twice, with another process loading both cores, 1 and
 threads, torchvision's RoIAlign in place of the parallel one, 0 and 2 data-loader workers.
 Writes <output>/reproducibility.md and .json.
 """
+
 import argparse
 import json
 import os
@@ -34,7 +35,9 @@ SETTINGS = {
     "1 torch thread (OMP_NUM_THREADS=1)": ([], {"OMP_NUM_THREADS": "1"}, False),
     "4 torch threads (OMP_NUM_THREADS=4)": ([], {"OMP_NUM_THREADS": "4"}, False),
     "torchvision's RoIAlign (PARALLEL_CPU_ROI_ALIGN False)": (
-        [KEY + "PARALLEL_CPU_ROI_ALIGN", "False"], {}, False
+        [KEY + "PARALLEL_CPU_ROI_ALIGN", "False"],
+        {},
+        False,
     ),
     "0 data-loader workers": (["DATALOADER.NUM_WORKERS", "0"], {}, False),
     "2 data-loader workers": (["DATALOADER.NUM_WORKERS", "2"], {}, False),
@@ -45,9 +48,19 @@ _HOG = "import time\nwhile True: sum(i * i for i in range(10000))"
 def train(overrides, environment, hog, iterations, output_dir):
     """Run train_net.py; return the logged weights hash and the wall time."""
     cmd = [
-        sys.executable, "train_net.py", "--config-file", CONFIG, *overrides,
-        "SOLVER.MAX_ITER", str(iterations), "SOLVER.CHECKPOINT_PERIOD", str(iterations),
-        "DATASETS.TEST", "()", "OUTPUT_DIR", str(output_dir),
+        sys.executable,
+        "train_net.py",
+        "--config-file",
+        CONFIG,
+        *overrides,
+        "SOLVER.MAX_ITER",
+        str(iterations),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(iterations),
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(output_dir),
     ]
     hogs = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(2)] if hog else []
     start = time.time()
@@ -65,7 +78,9 @@ def train(overrides, environment, hog, iterations, output_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--output", default=str(REPO / "output" / "reproducibility"))
     args = parser.parse_args()
@@ -73,14 +88,19 @@ def main():
 
     rows = []
     for name, (overrides, environment, hog) in SETTINGS.items():
-        digest, seconds = train(overrides, environment, hog, args.iterations, output / f"run{len(rows)}")
+        digest, seconds = train(
+            overrides, environment, hog, args.iterations, output / f"run{len(rows)}"
+        )
         rows.append({"setting": name, "sha256": digest, "seconds": round(seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
 
     baseline = rows[0]["sha256"]
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     lines = [

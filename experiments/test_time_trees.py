@@ -13,6 +13,7 @@ checks), so that it gets the same soft-NMS and test-time augmentation.
 
 Writes output/trees/test_time[_3x].md and .json.
 """
+
 import argparse
 import json
 import statistics
@@ -32,14 +33,23 @@ from projects.cascade.modeling.test_time_augmentation import CascadeRCNNWithTTA
 REPO = Path(__file__).resolve().parents[1]
 CASCADE = "configs/trees/cascade_rcnn_trees.yaml"
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD."
-ONE_STAGE = [KEY + "IOUS", "(0.5,)", KEY + "BBOX_REG_WEIGHTS", "((10.0, 10.0, 5.0, 5.0),)",
-             KEY + "STAGE_LOSS_WEIGHTS", "(1.0,)"]
+ONE_STAGE = [
+    KEY + "IOUS",
+    "(0.5,)",
+    KEY + "BBOX_REG_WEIGHTS",
+    "((10.0, 10.0, 5.0, 5.0),)",
+    KEY + "STAGE_LOSS_WEIGHTS",
+    "(1.0,)",
+]
 # name -> (config overrides, test-time augmentation). Soft-NMS's IoU threshold for "linear"
 # is ROI_HEADS.NMS_THRESH_TEST, 0.5 here; Bodla et al. use 0.3.
 VARIANTS = {
     "hard NMS": ([], False),
     "soft-NMS linear": ([KEY + "TEST_NMS_METHOD", "linear"], False),
-    "soft-NMS linear, IoU 0.3": ([KEY + "TEST_NMS_METHOD", "linear", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "0.3"], False),
+    "soft-NMS linear, IoU 0.3": (
+        [KEY + "TEST_NMS_METHOD", "linear", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "0.3"],
+        False,
+    ),
     "soft-NMS gaussian": ([KEY + "TEST_NMS_METHOD", "gaussian"], False),
     "TTA, hard NMS": ([], True),
     "TTA, soft-NMS gaussian": ([KEY + "TEST_NMS_METHOD", "gaussian"], True),
@@ -47,8 +57,10 @@ VARIANTS = {
 # Resizes around the demo's 400 px test size, and their flips.
 TTA = {"min_sizes": (320, 400, 480, 560), "max_size": 1000, "flip": True}
 METRICS = ("AP", "AP50", "AP75", "AP80", "AP90")
-RUN_DIRS = {"demo": ("cascade_rcnn_seed{}", "faster_rcnn_seed{}"),
-            "3x": ("cascade_rcnn_3x_seed{}", "faster_rcnn_3x_seed{}")}
+RUN_DIRS = {
+    "demo": ("cascade_rcnn_seed{}", "faster_rcnn_seed{}"),
+    "3x": ("cascade_rcnn_3x_seed{}", "faster_rcnn_3x_seed{}"),
+}
 
 
 def _one_stage_state(state):
@@ -58,14 +70,16 @@ def _one_stage_state(state):
         for part in ("box_head", "box_predictor"):
             prefix = f"roi_heads.{part}."
             if name.startswith(prefix):
-                name = f"{prefix}0.{name[len(prefix):]}"
+                name = f"{prefix}0.{name[len(prefix) :]}"
         renamed[name] = value
     return renamed
 
 
 def evaluate(weights, overrides, tta, faster):
-    cfg = load_config(str(REPO / CASCADE), (ONE_STAGE if faster else []) + overrides
-                      + ["MODEL.MOBILENET.PRETRAINED", "False"])
+    cfg = load_config(
+        str(REPO / CASCADE),
+        (ONE_STAGE if faster else []) + overrides + ["MODEL.MOBILENET.PRETRAINED", "False"],
+    )
     model = build_model(cfg)
     # strict: every weight under its (renamed) name, or an error
     state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
@@ -80,13 +94,17 @@ def evaluate(weights, overrides, tta, faster):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--schedule", choices=list(RUN_DIRS), default="demo")
     args = parser.parse_args()
 
     rows = []
-    for model_name, pattern, faster in zip(("Cascade R-CNN", "Faster R-CNN"), RUN_DIRS[args.schedule], (False, True)):
+    for model_name, pattern, faster in zip(
+        ("Cascade R-CNN", "Faster R-CNN"), RUN_DIRS[args.schedule], (False, True)
+    ):
         for seed in args.seeds:
             run = REPO / "output" / "trees" / pattern.format(seed)
             own = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
@@ -94,15 +112,20 @@ def main():
             for variant, (overrides, tta) in VARIANTS.items():
                 metrics = evaluate(run / "model_final.pth", overrides, tta, faster)
                 if variant == "hard NMS" and abs(metrics["AP"] - own["bbox/AP"]) > 1e-6:
-                    sys.exit(f"{run}: the re-evaluation gives AP {metrics['AP']}, training's "
-                             f"evaluation {own['bbox/AP']}: the comparison would not be fair")
+                    sys.exit(
+                        f"{run}: the re-evaluation gives AP {metrics['AP']}, training's "
+                        f"evaluation {own['bbox/AP']}: the comparison would not be fair"
+                    )
                 rows.append({"model": model_name, "seed": seed, "variant": variant, **metrics})
                 print(json.dumps(rows[-1]), flush=True)
 
-    lines = [f"trees_val, schedule {args.schedule}, seeds {' '.join(map(str, args.seeds))}: "
-             "mean ± sample standard deviation over the seeds", "",
-             "| model | test time | " + " | ".join(METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        f"trees_val, schedule {args.schedule}, seeds {' '.join(map(str, args.seeds))}: "
+        "mean ± sample standard deviation over the seeds",
+        "",
+        "| model | test time | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
     for model_name in ("Cascade R-CNN", "Faster R-CNN"):
         for variant in VARIANTS:
             own = [r for r in rows if r["model"] == model_name and r["variant"] == variant]

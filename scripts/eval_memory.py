@@ -13,6 +13,7 @@ grow; the report sets the RSS growth against their size.
 Extra `KEY VALUE` arguments override the config (e.g. `MODEL.WEIGHTS model_final.pth`).
 Linux only: it reads /proc/self/status.
 """
+
 import argparse
 import json
 import random
@@ -31,12 +32,11 @@ from detectron2.evaluation import (
     inference_on_dataset,
 )
 
+from prepare_trees import CATEGORIES, clip_boxes_to_tile, default_output_dir
 from projects.cascade.data import register_coco_instances
 from projects.cascade.engine.checkpoint import SafeCheckpointer
 from projects.cascade.engine.launch import load_config
 from projects.cascade.engine.trainer import ReliableTrainer
-
-from prepare_trees import CATEGORIES, clip_boxes_to_tile, default_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,15 +64,20 @@ def make_crops(out_dir, num_images, size, seed=0):
             tile.crop((x0, y0, x0 + size, y0 + size)).save(out_dir / "images" / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for bx0, by0, bx1, by1 in clip_boxes_to_tile(tile_boxes, x0, y0, size, size):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
-                "bbox": [bx0, by0, bx1 - bx0, by1 - by0], "area": (bx1 - bx0) * (by1 - by0),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
+                    "area": (bx1 - bx0) * (by1 - by0),
+                    "iscrowd": 0,
+                }
+            )
     json_file = out_dir / "tree_crops.json"
-    json_file.write_text(json.dumps(
-        {"images": images, "annotations": annotations, "categories": CATEGORIES}
-    ))
+    json_file.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
+    )
     return json_file, len(annotations)
 
 
@@ -113,12 +118,14 @@ class MemoryProbe(DatasetEvaluator):
         self._seen += len(inputs)
         if self._seen == 1 or self._seen % self._every == 0:
             stored = self._coco._predictions
-            self.samples.append({
-                "images": self._seen,
-                "rss_mb": round(rss_mb(), 1),
-                "detections": sum(len(p.get("instances", [])) for p in stored),
-                "detections_mb": round(deep_size_mb(stored), 1),
-            })
+            self.samples.append(
+                {
+                    "images": self._seen,
+                    "rss_mb": round(rss_mb(), 1),
+                    "detections": sum(len(p.get("instances", [])) for p in stored),
+                    "detections_mb": round(deep_size_mb(stored), 1),
+                }
+            )
 
     def evaluate(self):
         return None
@@ -129,10 +136,20 @@ def measure(args):
     json_file, num_boxes = make_crops(out, args.num_images, args.crop_size)
     register_coco_instances("tree_crops", {}, str(json_file), str(out / "images"))
     size = str(args.crop_size)
-    cfg = load_config(args.config_file, [
-        "DATASETS.TEST", "('tree_crops',)", "INPUT.MIN_SIZE_TEST", size,
-        "INPUT.MAX_SIZE_TEST", size, "OUTPUT_DIR", str(out), *args.opts,
-    ])
+    cfg = load_config(
+        args.config_file,
+        [
+            "DATASETS.TEST",
+            "('tree_crops',)",
+            "INPUT.MIN_SIZE_TEST",
+            size,
+            "INPUT.MAX_SIZE_TEST",
+            size,
+            "OUTPUT_DIR",
+            str(out),
+            *args.opts,
+        ],
+    )
     torch.manual_seed(0)
     model = ReliableTrainer.build_model(cfg)
     SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)

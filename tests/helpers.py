@@ -3,6 +3,7 @@ Everything the tests share: tiny models and synthetic batches, so that the suite
 CPU; hand-set stages; the tiny models the export tests trace; and running train_net.py
 with a tiny recipe.
 """
+
 import importlib.util
 import json
 import os
@@ -37,8 +38,14 @@ def load_script(relative_path):
 # ------------------------------------------------------------------ tiny models
 
 
-def tiny_cfg(roi_heads="CascadeRCNNROIHeads", mask=False, stages=3, num_classes=3,
-             class_specific=False, **cascade_options):
+def tiny_cfg(
+    roi_heads="CascadeRCNNROIHeads",
+    mask=False,
+    stages=3,
+    num_classes=3,
+    class_specific=False,
+    **cascade_options,
+):
     """
     An R-18 FPN small enough for CPU tests, on detectron2's cascade recipe.
     `cascade_options` set keys of MODEL.ROI_BOX_CASCADE_HEAD (TEST_SCORE="last", ...).
@@ -209,8 +216,11 @@ class FixedProposals(nn.Module):
 
     def forward(self, images, features, gt_instances=None):
         proposals = [
-            Instances(size, proposal_boxes=Boxes(self.boxes.clone()),
-                      objectness_logits=torch.zeros(len(self.boxes)))
+            Instances(
+                size,
+                proposal_boxes=Boxes(self.boxes.clone()),
+                objectness_logits=torch.zeros(len(self.boxes)),
+            )
             for size in images.image_sizes
         ]
         return proposals, {}
@@ -346,8 +356,12 @@ def command(*args, config=TINY_CONFIG):
 def run(*args, expect_ok=True, extra_env=None, timeout=600, config=TINY_CONFIG):
     """Run train_net.py; return its combined output. Fails the test on an unexpected exit code."""
     proc = subprocess.run(
-        command(*args, config=config), cwd=REPO, env={**env(), **(extra_env or {})},
-        capture_output=True, text=True, timeout=timeout,
+        command(*args, config=config),
+        cwd=REPO,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     output = proc.stdout + proc.stderr
     assert (proc.returncode == 0) == expect_ok, f"exit code {proc.returncode}\n{output[-4000:]}"

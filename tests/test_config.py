@@ -2,6 +2,7 @@
 projects/cascade/config.py: the defaults `add_cascade_config` adds, and the checks that turn
 a bad value of a cascade key into a ValueError naming the key, called on the config alone.
 """
+
 import logging
 
 import pytest
@@ -41,7 +42,10 @@ def test_defaults_follow_the_design():
     assert node.STAGE_LOSS_WEIGHTS == (1.0, 1.0, 1.0)
     assert node.SCALE_FEATURE_GRADIENT is True
     assert (node.TEST_SCORE, node.TEST_STAGE, node.RESAMPLE, node.MASK_PER_STAGE) == (
-        "mean", -1, False, False
+        "mean",
+        -1,
+        False,
+        False,
     )
     assert (node.TEST_PRUNE_TOPK, node.TEST_PRUNE_NMS_THRESH) == (0, 1.0)
     assert node.PARALLEL_CPU_ROI_ALIGN is True
@@ -54,7 +58,11 @@ def test_defaults_follow_the_design():
 def test_stage_settings_of_the_defaults():
     ious, reg_weights, loss_weights = cascade_stage_settings(_cfg())
     assert ious == [0.5, 0.6, 0.7]
-    assert reg_weights == [(10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
+    assert reg_weights == [
+        (10.0, 10.0, 5.0, 5.0),
+        (20.0, 20.0, 10.0, 10.0),
+        (30.0, 30.0, 15.0, 15.0),
+    ]
     assert loss_weights == [1.0, 1.0, 1.0]
 
 
@@ -98,8 +106,17 @@ def test_stage_settings_of_the_defaults():
             f"{KEY}.STAGE_LOSS_WEIGHTS[1] = -0.5: a loss weight must be a number >= 0.",
         ),
     ],
-    ids=["reg-weights-length", "loss-weights-length", "ious-length", "iou-above-1", "iou-0",
-         "no-stage", "reg-weights-3-numbers", "reg-weight-0", "negative-loss-weight"],
+    ids=[
+        "reg-weights-length",
+        "loss-weights-length",
+        "ious-length",
+        "iou-above-1",
+        "iou-0",
+        "no-stage",
+        "reg-weights-3-numbers",
+        "reg-weight-0",
+        "negative-loss-weight",
+    ],
 )
 def test_bad_stage_lists_name_the_key(keys, message):
     with pytest.raises(ValueError) as e:
@@ -134,9 +151,18 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
         "ignore_iof_thresh": -1.0,
     }
     arguments = cascade_head_arguments(
-        _cfg(TEST_SCORE="last", TEST_STAGE=3, RESAMPLE=True, SCALE_FEATURE_GRADIENT=False,
-             TEST_PRUNE_TOPK=5, TEST_PRUNE_NMS_THRESH=1, TEST_NMS_METHOD="gaussian",
-             TEST_SOFT_NMS_SIGMA=1, TEST_SOFT_NMS_MIN_SCORE=0, IGNORE_IOF_THRESH=0)
+        _cfg(
+            TEST_SCORE="last",
+            TEST_STAGE=3,
+            RESAMPLE=True,
+            SCALE_FEATURE_GRADIENT=False,
+            TEST_PRUNE_TOPK=5,
+            TEST_PRUNE_NMS_THRESH=1,
+            TEST_NMS_METHOD="gaussian",
+            TEST_SOFT_NMS_SIGMA=1,
+            TEST_SOFT_NMS_MIN_SCORE=0,
+            IGNORE_IOF_THRESH=0,
+        )
     )
     assert arguments == {
         "scale_feature_gradient": False,
@@ -150,7 +176,12 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
         "test_soft_nms_min_score": 0.0,
         "ignore_iof_thresh": 0.0,
     }
-    for key in ("test_prune_nms_thresh", "test_soft_nms_sigma", "test_soft_nms_min_score", "ignore_iof_thresh"):
+    for key in (
+        "test_prune_nms_thresh",
+        "test_soft_nms_sigma",
+        "test_soft_nms_min_score",
+        "ignore_iof_thresh",
+    ):
         assert type(arguments[key]) is float
 
 

@@ -1,4 +1,5 @@
 """Every YAML in configs/ builds the model it describes."""
+
 import warnings
 
 import pytest

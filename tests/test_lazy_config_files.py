@@ -3,6 +3,7 @@ The LazyConfig files in configs/: each builds, and those that restate a YAML rec
 the YAML's model (same parameter names, shapes and frozen parameters; for the same weights
 the same detections) with the same schedule.
 """
+
 import pytest
 import torch
 
@@ -32,12 +33,22 @@ def _models(lazy_path, yaml_path, device="cpu", resnet18=False):
     opts = ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""]
     lazy = _lazy(lazy_path)
     if resnet18:  # with 64-wide box heads and 100 proposals, for a quick build and forward
-        opts += ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-                 "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]
+        opts += [
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            "100",
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            "64",
+        ]
         lazy.model.backbone.bottom_up.stages.depth = 18
         del lazy.model.backbone.bottom_up.stages.stride_in_1x1  # no argument of ResNet-18's blocks
         lazy.model.proposal_generator.post_nms_topk = (2000, 100)
-        for head, predictor in zip(lazy.model.roi_heads.box_heads, lazy.model.roi_heads.box_predictors):
+        for head, predictor in zip(
+            lazy.model.roi_heads.box_heads, lazy.model.roi_heads.box_predictors
+        ):
             head.fc_dims = [64, 64]
             predictor.input_shape = ShapeSpec(channels=64)
     cfg = load_config(str(REPO / yaml_path), opts)
@@ -93,11 +104,15 @@ def test_lazy_config_has_the_yaml_schedule_and_data(lazy_path, yaml_path):
     yaml_schedule = build_lr_scheduler(cfg, yaml_optimizer)
     lazy.optimizer.params.model = model
     lazy_optimizer = instantiate(lazy.optimizer)
-    lazy_schedule = LRMultiplier(lazy_optimizer, instantiate(lazy.lr_multiplier), lazy.train.max_iter)
+    lazy_schedule = LRMultiplier(
+        lazy_optimizer, instantiate(lazy.lr_multiplier), lazy.train.max_iter
+    )
     for key in ("lr", "momentum", "weight_decay", "nesterov"):
         assert lazy_optimizer.defaults[key] == yaml_optimizer.defaults[key], key
     for _ in range(cfg.SOLVER.MAX_ITER if cfg.SOLVER.MAX_ITER < 1000 else 0):
-        assert lazy_optimizer.param_groups[0]["lr"] == pytest.approx(yaml_optimizer.param_groups[0]["lr"])
+        assert lazy_optimizer.param_groups[0]["lr"] == pytest.approx(
+            yaml_optimizer.param_groups[0]["lr"]
+        )
         yaml_schedule.step()
         lazy_schedule.step()
     for it in (0, 999, 1000, 59999, 60000, 80000, 89999):  # the 1x schedules' corners
@@ -135,8 +150,13 @@ def test_vitdet_config_shrunk_to_a_tiny_vit_trains_and_infers():
     """configs/cascade_mask_rcnn_vitdet_b_100ep.py with a 2-block ViT: one step, one inference."""
     lazy = _lazy("configs/cascade_mask_rcnn_vitdet_b_100ep.py")
     lazy.model.backbone.net.update(
-        img_size=128, embed_dim=32, depth=2, num_heads=2, window_size=4,
-        window_block_indexes=[0], drop_path_rate=0.0,
+        img_size=128,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        window_size=4,
+        window_block_indexes=[0],
+        drop_path_rate=0.0,
     )
     lazy.model.backbone.update(square_pad=128, out_channels=32)
     lazy.model.proposal_generator.head.in_channels = 32
@@ -144,7 +164,9 @@ def test_vitdet_config_shrunk_to_a_tiny_vit_trains_and_infers():
     heads.num_classes = 3
     heads.batch_size_per_image = 32
     for head in heads.box_heads:
-        head.update(input_shape=ShapeSpec(channels=32, height=7, width=7), conv_dims=[16] * 4, fc_dims=[64])
+        head.update(
+            input_shape=ShapeSpec(channels=32, height=7, width=7), conv_dims=[16] * 4, fc_dims=[64]
+        )
     for predictor in heads.box_predictors:
         predictor.input_shape = ShapeSpec(channels=64)
     heads.mask_head.input_shape = ShapeSpec(channels=32, height=14, width=14)

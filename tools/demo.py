@@ -12,6 +12,7 @@ the box every stage of the cascade made of it, one colour per stage, so the refi
 can be seen; it prints how far each stage moved their edges. `--video-input` writes the
 video with the detections drawn on every frame.
 """
+
 import argparse
 import glob
 import os
@@ -29,8 +30,13 @@ from projects.cascade.engine.launch import load_config
 from projects.cascade.modeling.stage_outputs import CascadeStageOutputs
 
 PROPOSAL_COLOUR = (0.6, 0.6, 0.6)
-STAGE_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
-                 (0.58, 0.4, 0.74))
+STAGE_COLOURS = (
+    (0.12, 0.47, 0.71),
+    (1.0, 0.5, 0.05),
+    (0.17, 0.63, 0.17),
+    (0.84, 0.15, 0.16),
+    (0.58, 0.4, 0.74),
+)
 
 
 def parse_args(argv=None):
@@ -122,8 +128,10 @@ def run_images(predictor, metadata, paths, output, args):
             draw_stages(image_bgr[:, :, ::-1], instances, args.stages_topk).save(stages_path)
             print(f"{path}: stages of the top {args.stages_topk} -> {stages_path}")
             for k, (mean, most) in enumerate(stage_movements(instances, args.stages_topk)):
-                print(f"  stage {k + 1} moves a box edge {mean:.1f} px on average, "
-                      f"at most {most:.1f} px")
+                print(
+                    f"  stage {k + 1} moves a box edge {mean:.1f} px on average, "
+                    f"at most {most:.1f} px"
+                )
 
 
 def run_video(predictor, metadata, path, output):

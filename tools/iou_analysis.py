@@ -11,6 +11,7 @@ best-matching ground truth, for a trained model over a dataset, twice: in traini
 Writes iou_analysis.png (a histogram per mode and stage, like the paper's Figure 4) and
 iou_analysis.json to --output, and prints the fraction of boxes at IoU >= 0.5, 0.6, 0.7.
 """
+
 import torch
 
 from projects.cascade.evaluation import analysis_cli, iou_analysis
@@ -41,7 +42,11 @@ def main(argv=None):
     summary.update(analysis.summary())
     title = f"IoU of each stage's input boxes with the best-matching ground truth, {dataset}"
     analysis_cli.write_results(
-        args.output, "iou_analysis", summary, iou_analysis.save, title,
+        args.output,
+        "iou_analysis",
+        summary,
+        iou_analysis.save,
+        title,
         iou_analysis.format_table(summary),
     )
     return summary

@@ -12,6 +12,7 @@ each IoU threshold 0.50 ... 0.95 of every stage alone and of the model's own out
 Writes stage_quality.png (the two panels) and stage_quality.json to --output, and prints
 the numbers behind them as two tables.
 """
+
 import os
 import sys
 
@@ -47,12 +48,16 @@ def main(argv=None):
 
     pairs_per_stage = [torch.cat(stage) for stage in zip(*pairs)]
     summary = {"dataset": dataset, "images": images, "weights": cfg.MODEL.WEIGHTS}
-    summary.update(stage_quality.summarize(
-        pairs_per_stage, detection.evaluate(), model.roi_heads.test_score
-    ))
+    summary.update(
+        stage_quality.summarize(pairs_per_stage, detection.evaluate(), model.roi_heads.test_score)
+    )
     analysis_cli.write_results(
-        args.output, "stage_quality", summary, stage_quality.save,
-        f"Each cascade stage on {dataset}", stage_quality.format_tables(summary),
+        args.output,
+        "stage_quality",
+        summary,
+        stage_quality.save,
+        f"Each cascade stage on {dataset}",
+        stage_quality.format_tables(summary),
     )
     return summary
 

@@ -3,16 +3,17 @@ The tree-crown demo as a LazyConfig: the model, data and schedule of cascade_rcn
 
     python train_net.py --config-file configs/trees/cascade_rcnn_trees.py
 """
+
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from projects.cascade.modeling.backbone import MobileNetV2
 
-from ..common.data.trees import dataloader
 from ..common.models.cascade_rcnn_fpn import model
 
 # An ImageNet MobileNetV2-FPN, 64 channels: small enough to train on 2 CPU cores.
@@ -38,7 +39,9 @@ _rpn.post_nms_topk = (500, 500)
 _heads = model.roi_heads
 _heads.num_classes = 1
 _heads.batch_size_per_image = 128
-_heads.box_pooler.pooler.sampling_ratio = 2  # a fixed 2x2 grid: RoIAlign's backward is slow on a CPU
+_heads.box_pooler.pooler.sampling_ratio = (
+    2  # a fixed 2x2 grid: RoIAlign's backward is slow on a CPU
+)
 for _head in _heads.box_heads:
     _head.input_shape = ShapeSpec(channels=64, height=7, width=7)
     _head.fc_dims = [256, 256]

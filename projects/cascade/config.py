@@ -4,6 +4,7 @@ key. The checks are pure functions of a value and its name, so that the YAML key
 constructor arguments of `CascadeRCNNROIHeads` (LazyConfig) share them. They raise
 `ConfigError`, a ValueError that `train_net.py` reports in one line.
 """
+
 import logging
 from numbers import Real
 
@@ -114,14 +115,24 @@ def cascade_stage_settings(cfg):
     if len(ious) == 0:
         raise ConfigError(f"{_CASCADE}.IOUS is empty: a cascade needs at least one stage.")
     check_one_per_stage(reg_weights, f"{_CASCADE}.BBOX_REG_WEIGHTS", len(ious), f"{_CASCADE}.IOUS")
-    check_stage_loss_weights(loss_weights, f"{_CASCADE}.STAGE_LOSS_WEIGHTS", len(ious), f"{_CASCADE}.IOUS")
+    check_stage_loss_weights(
+        loss_weights, f"{_CASCADE}.STAGE_LOSS_WEIGHTS", len(ious), f"{_CASCADE}.IOUS"
+    )
     for k, iou in enumerate(ious):
-        _require(isinstance(iou, Real) and 0.0 < iou < 1.0, f"{_CASCADE}.IOUS[{k}]", iou,
-                 "an IoU threshold must lie in (0, 1)")
+        _require(
+            isinstance(iou, Real) and 0.0 < iou < 1.0,
+            f"{_CASCADE}.IOUS[{k}]",
+            iou,
+            "an IoU threshold must lie in (0, 1)",
+        )
     for k, w in enumerate(reg_weights):
         name = f"{_CASCADE}.BBOX_REG_WEIGHTS[{k}]"
-        _require(isinstance(w, tuple) and len(w) == 4 and all(isinstance(x, Real) for x in w),
-                 name, w, "expected 4 numbers (wx, wy, ww, wh)")
+        _require(
+            isinstance(w, tuple) and len(w) == 4 and all(isinstance(x, Real) for x in w),
+            name,
+            w,
+            "expected 4 numbers (wx, wy, ww, wh)",
+        )
         _require(all(x > 0 for x in w), name, w, "weights must be positive")
     if any(b <= a for a, b in zip(ious, ious[1:])):
         # Legal (the paper's Table 3 ablates equal IoUs), but usually a typo.
@@ -137,14 +148,23 @@ def cascade_head_arguments(cfg):
     node = cfg.MODEL.ROI_BOX_CASCADE_HEAD
     num_stages = len(node.IOUS)
     check_test_score(node.TEST_SCORE, f"{_CASCADE}.TEST_SCORE")
-    check_num_test_stages(None if node.TEST_STAGE == -1 else node.TEST_STAGE, num_stages,
-                          f"{_CASCADE}.TEST_STAGE", "-1 (all stages) or ")
+    check_num_test_stages(
+        None if node.TEST_STAGE == -1 else node.TEST_STAGE,
+        num_stages,
+        f"{_CASCADE}.TEST_STAGE",
+        "-1 (all stages) or ",
+    )
     check_prune_topk(node.TEST_PRUNE_TOPK, f"{_CASCADE}.TEST_PRUNE_TOPK")
     check_prune_nms_thresh(node.TEST_PRUNE_NMS_THRESH, f"{_CASCADE}.TEST_PRUNE_NMS_THRESH")
     check_ignore_iof_thresh(node.IGNORE_IOF_THRESH, f"{_CASCADE}.IGNORE_IOF_THRESH")
     check_soft_nms(
-        node.TEST_NMS_METHOD, node.TEST_SOFT_NMS_SIGMA, node.TEST_SOFT_NMS_MIN_SCORE,
-        [f"{_CASCADE}.{key}" for key in ("TEST_NMS_METHOD", "TEST_SOFT_NMS_SIGMA", "TEST_SOFT_NMS_MIN_SCORE")],
+        node.TEST_NMS_METHOD,
+        node.TEST_SOFT_NMS_SIGMA,
+        node.TEST_SOFT_NMS_MIN_SCORE,
+        [
+            f"{_CASCADE}.{key}"
+            for key in ("TEST_NMS_METHOD", "TEST_SOFT_NMS_SIGMA", "TEST_SOFT_NMS_MIN_SCORE")
+        ],
     )
     return {
         "scale_feature_gradient": cascade_switch(cfg, "SCALE_FEATURE_GRADIENT"),
@@ -190,8 +210,9 @@ def check_one_per_stage(values, name, num_stages, stages_name):
 def check_stage_loss_weights(weights, name, num_stages, stages_name):
     check_one_per_stage(weights, name, num_stages, stages_name)
     for k, w in enumerate(weights):
-        _require(isinstance(w, Real) and w >= 0, f"{name}[{k}]", w,
-                 "a loss weight must be a number >= 0")
+        _require(
+            isinstance(w, Real) and w >= 0, f"{name}[{k}]", w, "a loss weight must be a number >= 0"
+        )
 
 
 def check_test_score(value, name):
@@ -200,34 +221,59 @@ def check_test_score(value, name):
 
 def check_num_test_stages(value, num_stages, name, also=""):
     """`value` is None (every stage) or k in 1..num_stages."""
-    _require(value is None or (_is_int(value) and 1 <= value <= num_stages), name, value,
-             f"expected {also}a stage in 1..{num_stages} (stages count from 1)")
+    _require(
+        value is None or (_is_int(value) and 1 <= value <= num_stages),
+        name,
+        value,
+        f"expected {also}a stage in 1..{num_stages} (stages count from 1)",
+    )
 
 
 def check_prune_topk(value, name):
-    _require(_is_int(value) and value >= 0, name, value,
-             "expected an integer >= 0 (0 turns pruning off)")
+    _require(
+        _is_int(value) and value >= 0, name, value, "expected an integer >= 0 (0 turns pruning off)"
+    )
 
 
 def check_prune_nms_thresh(value, name):
-    _require(isinstance(value, Real) and not isinstance(value, bool) and 0 < value <= 1, name,
-             value, "expected an IoU in (0, 1] (1.0 turns it off)")
+    _require(
+        isinstance(value, Real) and not isinstance(value, bool) and 0 < value <= 1,
+        name,
+        value,
+        "expected an IoU in (0, 1] (1.0 turns it off)",
+    )
 
 
 def check_ignore_iof_thresh(value, name):
-    _require(isinstance(value, Real) and not isinstance(value, bool) and value < 1, name, value,
-             "expected an intersection over area below 1 (negative turns it off)")
+    _require(
+        isinstance(value, Real) and not isinstance(value, bool) and value < 1,
+        name,
+        value,
+        "expected an intersection over area below 1 (negative turns it off)",
+    )
 
 
 def check_soft_nms(method, sigma, min_score, names):
     """The final NMS's method, soft-NMS sigma and minimum score, named by `names` in errors."""
     method_name, sigma_name, min_score_name = names
-    _require(method in TEST_NMS_METHODS, method_name, method,
-             f"expected one of {', '.join(TEST_NMS_METHODS)}")
-    _require(isinstance(sigma, Real) and not isinstance(sigma, bool) and sigma > 0,
-             sigma_name, sigma, "expected a number > 0")
-    _require(isinstance(min_score, Real) and not isinstance(min_score, bool) and 0 <= min_score < 1,
-             min_score_name, min_score, "expected a score in [0, 1)")
+    _require(
+        method in TEST_NMS_METHODS,
+        method_name,
+        method,
+        f"expected one of {', '.join(TEST_NMS_METHODS)}",
+    )
+    _require(
+        isinstance(sigma, Real) and not isinstance(sigma, bool) and sigma > 0,
+        sigma_name,
+        sigma,
+        "expected a number > 0",
+    )
+    _require(
+        isinstance(min_score, Real) and not isinstance(min_score, bool) and 0 <= min_score < 1,
+        min_score_name,
+        min_score,
+        "expected a score in [0, 1)",
+    )
 
 
 def check_head_arguments(
@@ -258,13 +304,20 @@ def check_head_arguments(
     check_one_per_stage(box_predictors, name + "box_predictors", num_stages, stages)
     check_one_per_stage(proposal_matchers, name + "proposal_matchers", num_stages, stages)
     if stage_loss_weights is not None:
-        check_stage_loss_weights(stage_loss_weights, name + "stage_loss_weights", num_stages, stages)
+        check_stage_loss_weights(
+            stage_loss_weights, name + "stage_loss_weights", num_stages, stages
+        )
     check_test_score(test_score, name + "test_score")
     check_num_test_stages(num_test_stages, num_stages, name + "num_test_stages", "None or ")
     check_prune_topk(test_prune_topk, name + "test_prune_topk")
     check_prune_nms_thresh(test_prune_nms_thresh, name + "test_prune_nms_thresh")
     check_soft_nms(
-        test_nms_method, test_soft_nms_sigma, test_soft_nms_min_score,
-        [name + arg for arg in ("test_nms_method", "test_soft_nms_sigma", "test_soft_nms_min_score")],
+        test_nms_method,
+        test_soft_nms_sigma,
+        test_soft_nms_min_score,
+        [
+            name + arg
+            for arg in ("test_nms_method", "test_soft_nms_sigma", "test_soft_nms_min_score")
+        ],
     )
     check_ignore_iof_thresh(ignore_iof_thresh, name + "ignore_iof_thresh")

@@ -1,4 +1,8 @@
-"""experiments/ablation_trees.py --quick end to end: trains each chosen variant, evaluates every TEST_SCORE x TEST_STAGE, writes the table."""
+"""
+experiments/ablation_trees.py --quick end to end: trains each chosen variant, evaluates every
+TEST_SCORE x TEST_STAGE, writes the table.
+"""
+
 import json
 import subprocess
 import sys
@@ -12,9 +16,19 @@ from tests.helpers import REPO
 @pytest.mark.e2e
 def test_quick_ablation_writes_the_tables(trees_prepared, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "experiments/ablation_trees.py", "--quick", "--output", str(tmp_path),
-         "--variants", "faster_rcnn", "cascade_2_stages"],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "experiments/ablation_trees.py",
+            "--quick",
+            "--output",
+            str(tmp_path),
+            "--variants",
+            "faster_rcnn",
+            "cascade_2_stages",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 

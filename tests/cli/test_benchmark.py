@@ -1,4 +1,5 @@
-"""benchmarks/benchmark_cascade.py runs end to end (--quick) and writes its JSON; no timing is checked."""
+"""benchmarks/benchmark_cascade.py runs end to end (--quick) and writes its JSON; no timing checked."""
+
 import json
 import subprocess
 import sys
@@ -16,9 +17,20 @@ TIMED = MODELS | {"ours_tv"}
 def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/benchmark_cascade.py", "--quick", "--output", str(out),
-         "--cascade-weights", "", "--faster-weights", ""],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "benchmarks/benchmark_cascade.py",
+            "--quick",
+            "--output",
+            str(out),
+            "--cascade-weights",
+            "",
+            "--faster-weights",
+            "",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| r50/inference |" in proc.stdout and "ours_tv / builtin" in proc.stdout
@@ -26,8 +38,13 @@ def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
 
     assert results["quick"] is True
     assert {"cpu", "torch_threads", "loadavg_1_5_15"} <= results["machine"].keys()
-    for key in ("r50/inference", "r50/roi_heads", "trees/inference", "trees/roi_heads",
-                "trees/train_iter"):
+    for key in (
+        "r50/inference",
+        "r50/roi_heads",
+        "trees/inference",
+        "trees/roi_heads",
+        "trees/train_iter",
+    ):
         assert results[key].keys() == TIMED, key
         assert results[key]["ours"]["median_ms"] > 0
         assert {"x_builtin", "x_faster"} <= results[key]["ours"].keys()
@@ -50,6 +67,13 @@ def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
     prune = results["trees/prune"]
     assert {"faster", "builtin", "off", "k=100", "k=500"} <= prune.keys()
     assert {"nms=0.7", "nms=0.7,k=150"} <= prune.keys()
-    assert {"AP", "AP75", "test_AP", "median_ms", "x_faster", "overhead_vs_off",
-            "overhead_vs_builtin"} <= prune["k=100"].keys()
+    assert {
+        "AP",
+        "AP75",
+        "test_AP",
+        "median_ms",
+        "x_faster",
+        "overhead_vs_off",
+        "overhead_vs_builtin",
+    } <= prune["k=100"].keys()
     assert {"faster", "builtin", "off", "k=100"} <= results["r50/prune_roi_heads"].keys()

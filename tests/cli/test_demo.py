@@ -1,4 +1,5 @@
 """tools/demo.py on an image (with the per-stage view) and on a short video."""
+
 import cv2
 import numpy as np
 import pytest
@@ -11,12 +12,18 @@ from tests.helpers import CONFIG, REPO, load_script
 
 # The trees demo model, untrained and small; every detection drawn.
 OPTS = [
-    "MODEL.MOBILENET.PRETRAINED", "False",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
-    "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "96",
+    "MODEL.MOBILENET.PRETRAINED",
+    "False",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "64",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "50",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
 ]
 
 
@@ -27,8 +34,15 @@ def demo():
 
 def _run(demo, *args):
     demo.main(
-        ["--config-file", str(REPO / CONFIG), "--confidence-threshold", "0",
-         *map(str, args), "--opts", *OPTS]
+        [
+            "--config-file",
+            str(REPO / CONFIG),
+            "--confidence-threshold",
+            "0",
+            *map(str, args),
+            "--opts",
+            *OPTS,
+        ]
     )
 
 
@@ -65,11 +79,13 @@ def test_stage_view_draws_the_top_detections_path_one_colour_per_stage(demo):
 def test_stage_movements_are_measured_from_the_box_each_stage_was_given(demo):
     instances = Instances((100, 160), scores=torch.tensor([0.9, 0.5, 0.1]))
     start = torch.tensor([10.0, 10.0, 50.0, 50.0])
-    shifts = torch.tensor([  # per detection, how far every edge moves at stages 1, 2, 3
-        [4.0, 2.0, 1.0],
-        [8.0, -2.0, 0.0],
-        [100.0, 100.0, 100.0],  # below the top 2
-    ])
+    shifts = torch.tensor(
+        [  # per detection, how far every edge moves at stages 1, 2, 3
+            [4.0, 2.0, 1.0],
+            [8.0, -2.0, 0.0],
+            [100.0, 100.0, 100.0],  # below the top 2
+        ]
+    )
     instances.stage_boxes = start + torch.cat([torch.zeros(3, 1), shifts.cumsum(1)], 1)[..., None]
     moves = demo.stage_movements(instances, top_k=2)
     assert moves == [pytest.approx(m) for m in [(6.0, 8.0), (2.0, 2.0), (0.5, 1.0)]]

@@ -1,4 +1,5 @@
 """Evaluating many images keeps memory flat, apart from the detections the evaluator stores."""
+
 import json
 import subprocess
 import sys
@@ -12,12 +13,28 @@ from tests.helpers import REPO, env
 def test_evaluation_memory_stays_flat(tmp_path, trees_prepared):
     proc = subprocess.run(
         [
-            sys.executable, "scripts/eval_memory.py", "--output", str(tmp_path),
-            "--num-images", "150", "--crop-size", "128", "--every", "25",
-            "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-            "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+            sys.executable,
+            "scripts/eval_memory.py",
+            "--output",
+            str(tmp_path),
+            "--num-images",
+            "150",
+            "--crop-size",
+            "128",
+            "--every",
+            "25",
+            "MODEL.FPN.OUT_CHANNELS",
+            "32",
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            "64",
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            "100",
         ],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "memory.json").read_text())

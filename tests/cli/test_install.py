@@ -3,6 +3,7 @@
 torch): the package then imports from any folder, and a wheel of it carries the C++ source
 that the parallel RoIAlign is compiled from.
 """
+
 import shutil
 import subprocess
 import sysconfig
@@ -35,10 +36,14 @@ def user_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("user_env")
     venv.create(root / "env", with_pip=True)
     python = root / "env" / "bin" / "python"
-    site = Path(subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # A .pth line adds a folder to sys.path; the .pth files inside that folder (this
     # venv's editable install of the project) are not read, so the project is not there.
     (site / "detectron2_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -60,22 +65,60 @@ def test_editable_install_imports_from_another_folder(user_env, tmp_path):
     assert failed.returncode != 0 and "No module named 'projects'" in failed.stderr
 
     checkout = _checkout_copy(root / "checkout")
-    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
-          "-e", str(checkout)], cwd=tmp_path)
-    printed = _run([python, "-c", probe + "; import detectron2; print(detectron2.__file__)"], cwd=tmp_path)
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-e",
+            str(checkout),
+        ],
+        cwd=tmp_path,
+    )
+    printed = _run(
+        [python, "-c", probe + "; import detectron2; print(detectron2.__file__)"], cwd=tmp_path
+    )
     package, detectron2 = printed.split()
     assert package == str(checkout / "projects" / "cascade" / "__init__.py")
-    assert detectron2.startswith(sysconfig.get_paths()["purelib"]), "detectron2 is the environment's"
+    assert detectron2.startswith(sysconfig.get_paths()["purelib"]), (
+        "detectron2 is the environment's"
+    )
     # Importing registers the head, as train_net.py and the configs expect.
-    _run([python, "-c", "import projects.cascade; from detectron2.modeling import ROI_HEADS_REGISTRY; "
-          "assert 'CascadeRCNNROIHeads' in ROI_HEADS_REGISTRY"], cwd=tmp_path)
+    _run(
+        [
+            python,
+            "-c",
+            "import projects.cascade; from detectron2.modeling import ROI_HEADS_REGISTRY; "
+            "assert 'CascadeRCNNROIHeads' in ROI_HEADS_REGISTRY",
+        ],
+        cwd=tmp_path,
+    )
 
 
 def test_wheel_carries_the_cpp_source(user_env, tmp_path):
     python, root = user_env
     checkout = _checkout_copy(tmp_path / "checkout")
-    _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation",
-          "-w", str(tmp_path / "wheel"), str(checkout)], cwd=tmp_path)
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(checkout),
+        ],
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "projects/cascade/layers/csrc/roi_align_cpu.cpp" in names

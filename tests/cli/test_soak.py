@@ -2,6 +2,7 @@
 benchmarks/soak.py: its verdict on windows with known growth, and a --quick run end to end
 (no timing is checked).
 """
+
 import json
 import subprocess
 import sys
@@ -16,10 +17,16 @@ report = load_script("benchmarks/soak_report.py")
 def _windows(rss_per_window=0.0, ms_per_window=0.0, history_per_window=0.0, count=20):
     """Windows of 100 steps whose RSS, step time and metrics history rise linearly."""
     return [
-        {"steps": 100 * (i + 1), "median_ms": 100.0 + ms_per_window * i,
-         "rss_mib": 500.0 + rss_per_window * i, "workers": 1, "workers_pss_mib": 50.0,
-         "python_objects": 100_000, "load_1min": 1.0,
-         "metrics_history_mib": history_per_window * i}
+        {
+            "steps": 100 * (i + 1),
+            "median_ms": 100.0 + ms_per_window * i,
+            "rss_mib": 500.0 + rss_per_window * i,
+            "workers": 1,
+            "workers_pss_mib": 50.0,
+            "python_objects": 100_000,
+            "load_1min": 1.0,
+            "metrics_history_mib": history_per_window * i,
+        }
         for i in range(count)
     ]
 
@@ -88,7 +95,11 @@ def test_workers_growth_counts():
 def test_quick_soak_writes_its_report(trees_prepared, tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/soak.py", "--quick", "--output", str(tmp_path)],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "soak.json").read_text())

@@ -3,6 +3,7 @@ The CUDA paths, on a machine with a GPU (CI has none: there these tests are skip
 they say so). Run them with `pytest tests/cuda` where torch sees a GPU; docs/testing.md
 gives the last run.
 """
+
 import math
 
 import pytest
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _on_cuda(batch):
-    return [{**b, "image": b["image"].cuda(), "instances": b["instances"].to("cuda")} for b in batch]
+    return [
+        {**b, "image": b["image"].cuda(), "instances": b["instances"].to("cuda")} for b in batch
+    ]
 
 
 def _pair(mask=False, **options):
@@ -98,7 +101,10 @@ def test_options_and_test_time_augmentation_on_cuda(options):
     for out in plain + augmented:
         instances = out["instances"]
         assert instances.pred_boxes.tensor.is_cuda
-        assert torch.isfinite(instances.pred_boxes.tensor).all() and torch.isfinite(instances.scores).all()
+        assert (
+            torch.isfinite(instances.pred_boxes.tensor).all()
+            and torch.isfinite(instances.scores).all()
+        )
         assert len(instances.pred_masks) == len(instances)
 
 
@@ -118,8 +124,18 @@ def test_nonfinite_features_give_no_detections_on_cuda():
 @pytest.mark.e2e
 def test_amp_training_and_evaluation_on_cuda(tmp_path, trees_prepared):
     """detectron2's AMPTrainer (SOLVER.AMP.ENABLED) trains the cascade through train_net.py."""
-    log = run("MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "6",
-              "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", tmp_path)
+    log = run(
+        "MODEL.DEVICE",
+        "cuda",
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.MAX_ITER",
+        "6",
+        "DATASETS.TEST",
+        "('trees_val',)",
+        "OUTPUT_DIR",
+        tmp_path,
+    )
     rows = metrics(tmp_path)
     training = [r for r in rows if "total_loss" in r]
     assert training and all(math.isfinite(r["total_loss"]) for r in training)

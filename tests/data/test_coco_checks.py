@@ -2,6 +2,7 @@
 COCO json files checked as they load (coco_checks.py): every problem gets an error naming
 the file, image id and annotation id.
 """
+
 import copy
 import json
 import shutil
@@ -51,6 +52,7 @@ def _box(x, y, w, h):
         ann = data["annotations"][0]
         ann["bbox"] = [x, y, w, h]
         return rf"annotation id {ann['id']} \(image id {ann['image_id']}, '.*\.png'\): bbox"
+
     return mutate
 
 
@@ -107,9 +109,21 @@ def _no_images(data):
         (_zero_image_size, ""),
         (_no_images, ""),
     ],
-    ids=["box-outside", "box-fully-outside", "zero-width", "negative-height", "nan-coordinate",
-         "missing-coordinate", "unknown-category", "duplicate-image-id", "unknown-image-id",
-         "duplicate-annotation-id", "missing-image-file", "zero-image-size", "empty-dataset"],
+    ids=[
+        "box-outside",
+        "box-fully-outside",
+        "zero-width",
+        "negative-height",
+        "nan-coordinate",
+        "missing-coordinate",
+        "unknown-category",
+        "duplicate-image-id",
+        "unknown-image-id",
+        "duplicate-annotation-id",
+        "missing-image-file",
+        "zero-image-size",
+        "empty-dataset",
+    ],
 )
 def test_bad_coco_json_names_the_image_and_annotation(tmp_path, coco, mutate, message):
     data = copy.deepcopy(coco)

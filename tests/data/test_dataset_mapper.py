@@ -1,4 +1,5 @@
 """CheckedDatasetMapper: an image that cannot be used gets an error naming its id and file."""
+
 import copy
 import re
 import shutil
@@ -52,7 +53,10 @@ def _with_crowd(tile):
     """The tile's dataset dict with two crowd annotations added (one in each half)."""
     d = copy.deepcopy(tile)
     crowd = {"iscrowd": 1, "category_id": 0, "bbox_mode": d["annotations"][0]["bbox_mode"]}
-    d["annotations"] += [{**crowd, "bbox": [10, 20, 100, 50]}, {**crowd, "bbox": [250, 300, 40, 60]}]
+    d["annotations"] += [
+        {**crowd, "bbox": [10, 20, 100, 50]},
+        {**crowd, "bbox": [250, 300, 40, 60]},
+    ]
     return d
 
 
@@ -73,5 +77,8 @@ def test_crowd_regions_are_kept_when_ignored_and_dropped_otherwise(trees_prepare
     assert len(regions) == num_boxes  # an Instances field: one entry per instance ...
     expected = torch.tensor([[20, 40, 220, 140], [500, 600, 580, 720]], dtype=torch.float32)
     assert torch.equal(regions.boxes.tensor, expected)  # ... holding the image's regions, resized
-    assert len(instances[:3].ignore_regions) == 3 and instances[:3].ignore_regions.boxes is regions.boxes
+    assert (
+        len(instances[:3].ignore_regions) == 3
+        and instances[:3].ignore_regions.boxes is regions.boxes
+    )
     assert not CheckedDatasetMapper(cfg, is_train=False).keep_crowd_regions  # training only

@@ -1,4 +1,5 @@
 """ResumableTrainingSampler: detectron2's data stream, resumable in the middle."""
+
 import itertools
 
 from detectron2.data.common import AspectRatioGroupedDataset
@@ -20,8 +21,8 @@ def test_sampler_is_detectron2_stream_and_resumes_mid_stream(monkeypatch):
     dicts = [{"width": w, "height": h, "index": i} for i, (w, h) in enumerate(sizes)]
     for world_size in (1, 2):
         for rank in range(world_size):
-            monkeypatch.setattr(comm, "get_rank", lambda: rank)
-            monkeypatch.setattr(comm, "get_world_size", lambda: world_size)
+            monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+            monkeypatch.setattr(comm, "get_world_size", lambda size=world_size: size)
             # detectron2: TrainingSampler, then AspectRatioGroupedDataset on this rank.
             stream = (dicts[i] for i in TrainingSampler(13, seed=5))
             expected = [

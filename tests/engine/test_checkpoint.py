@@ -3,6 +3,7 @@ SafeCheckpointer: loading a checkpoint never runs code from it, and model-zoo .p
 checkpoints still load; a kill in the middle of a save leaves the previous checkpoint
 usable; corrupt checkpoints give an error naming the file; non-finite weights are not saved.
 """
+
 import builtins
 import collections
 import pickle
@@ -136,7 +137,10 @@ def _kill_during_save(folder, checkpointer):
     folder.mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", _DIE_DURING_SECOND_SAVE, str(folder), checkpointer],
-        cwd=REPO, env=env(), capture_output=True, text=True,
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
@@ -146,7 +150,7 @@ def test_kill_during_save_leaves_last_checkpoint_loadable(tmp_path):
     # Control: detectron2's checkpointer overwrites model_final.pth in place, so the
     # same kill leaves a truncated file that `last_checkpoint` points to.
     _kill_during_save(tmp_path / "detectron2", "detectron2")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (whichever error: the file is unusable)
         torch.load(tmp_path / "detectron2" / "model_final.pth", weights_only=True)
 
     _kill_during_save(tmp_path / "safe", "safe")

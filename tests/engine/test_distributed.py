@@ -2,6 +2,7 @@
 Distributed training without GPUs: train_net.py as two gloo processes on one machine,
 and as two "machines" on localhost launched the way the README's SLURM recipe does.
 """
+
 import json
 import math
 import subprocess
@@ -40,9 +41,20 @@ def _detections(output_dir):
 def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path, trees_prepared):
     ddp = tmp_path / "ddp"
     log = run(
-        "--num-gpus", "2", "--dist-url", "auto",
-        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
-        "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", ddp,
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100",
+        "DATASETS.TEST",
+        "('trees_val',)",
+        "OUTPUT_DIR",
+        ddp,
     )
     assert "World size: 2" in (ddp / "log.txt").read_text()
     # Both ranks end with the weights rank 0 saved.
@@ -57,8 +69,13 @@ def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path, trees_p
     # evaluating the same checkpoint must find the same detections and metrics.
     single = tmp_path / "single"
     single_log = run(
-        "--eval-only", "MODEL.WEIGHTS", ddp / "model_final.pth",
-        "DATASETS.TEST", "('trees_val',)", "OUTPUT_DIR", single,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        ddp / "model_final.pth",
+        "DATASETS.TEST",
+        "('trees_val',)",
+        "OUTPUT_DIR",
+        single,
     )
     assert copypaste_bbox(single_log) == copypaste_bbox(log)
     two, one = _detections(ddp), _detections(single)
@@ -84,12 +101,22 @@ def test_two_machines_on_localhost_slurm_style(tmp_path, trees_prepared):
             "PYTHON": sys.executable,
         }
         # Each "machine" writes to its own folder, as on separate disks.
-        opts = ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
-                "OUTPUT_DIR", str(tmp_path / f"node{node}")]
+        opts = [
+            "MODEL.DEVICE",
+            "cpu",
+            "SOLVER.MAX_ITER",
+            "2",
+            "OUTPUT_DIR",
+            str(tmp_path / f"node{node}"),
+        ]
         procs.append(
             subprocess.Popen(
-                ["bash", "-c", SLURM_COMMAND, "bash", *opts], cwd=REPO, env=node_env,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                ["bash", "-c", SLURM_COMMAND, "bash", *opts],
+                cwd=REPO,
+                env=node_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     outputs = [p.communicate(timeout=600)[0] for p in procs]

@@ -2,6 +2,7 @@
 engine/launch.py: load_config and check_launch stop a bad config file, override or flag with
 one message naming it; end_worker ends a worker of detectron2's `launch` cleanly.
 """
+
 import atexit
 from argparse import Namespace
 from pathlib import Path
@@ -39,8 +40,14 @@ def _yaml(tmp_path, text):
             r"MODEL\.ROI_BOX_CASCADE_HEAD\.IOUS has 2",
         ),
     ],
-    ids=["malformed-yaml", "unknown-key", "unknown-override", "wrong-type", "odd-overrides",
-         "cascade-lengths"],
+    ids=[
+        "malformed-yaml",
+        "unknown-key",
+        "unknown-override",
+        "wrong-type",
+        "odd-overrides",
+        "cascade-lengths",
+    ],
 )
 def test_bad_config_names_the_key(tmp_path, yaml_text, opts, message):
     with pytest.raises(ConfigError, match=message):
@@ -49,9 +56,15 @@ def test_bad_config_names_the_key(tmp_path, yaml_text, opts, message):
 
 def test_stage_eval_needs_the_cascade_heads(tmp_path):
     yaml_file = _yaml(tmp_path, "")
-    with pytest.raises(ConfigError, match="TEST.CASCADE_STAGE_EVAL True needs CascadeRCNNROIHeads, "
-                       "not MODEL.ROI_HEADS.NAME: StandardROIHeads"):
-        load_config(yaml_file, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "TEST.CASCADE_STAGE_EVAL", "True"])
+    with pytest.raises(
+        ConfigError,
+        match="TEST.CASCADE_STAGE_EVAL True needs CascadeRCNNROIHeads, "
+        "not MODEL.ROI_HEADS.NAME: StandardROIHeads",
+    ):
+        load_config(
+            yaml_file,
+            ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "TEST.CASCADE_STAGE_EVAL", "True"],
+        )
     load_config(yaml_file, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"])  # off: any heads
 
 

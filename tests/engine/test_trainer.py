@@ -1,8 +1,9 @@
 """
-ReliableTrainer: the same bits from the same command, also on a loaded machine; a run killed with SIGKILL resumes to the weights of an uninterrupted run; a
-NaN loss or an unusable image stops training naming the iteration or image, and the last
+ReliableTrainer: the same bits from the same command, also on a loaded machine; a run killed
+with SIGKILL resumes to the weights of an uninterrupted run; a NaN loss or an unusable image stops training naming the iteration or image, and the last
 good checkpoint survives; every rank ends with the same weights.
 """
+
 import itertools
 import os
 import re
@@ -73,8 +74,12 @@ def test_kill_between_checkpoints_then_resume_matches_uninterrupted(tmp_path, tr
     out = tmp_path / "killed"
     opts = [*common, "DATALOADER.NUM_WORKERS", "2", "OUTPUT_DIR", out]
     proc = subprocess.Popen(
-        command(*opts), cwd=REPO, env=env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        command(*opts),
+        cwd=REPO,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     tag = out / "last_checkpoint"
     deadline = time.time() + 600
@@ -139,8 +144,18 @@ def test_truncated_image_met_in_training_keeps_the_checkpoints(tmp_path, trees_p
     victim.write_bytes(content[: len(content) // 3])
 
     out = tmp_path / "out"
-    output = run("SEED", "7", "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1",
-                 "OUTPUT_DIR", out, expect_ok=False, extra_env={"DETECTRON2_DATASETS": str(root)})
+    output = run(
+        "SEED",
+        "7",
+        "SOLVER.MAX_ITER",
+        "5",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        "OUTPUT_DIR",
+        out,
+        expect_ok=False,
+        extra_env={"DETECTRON2_DATASETS": str(root)},
+    )
     last_line = output.strip().splitlines()[-1]
     assert re.match(
         rf"error: Image id {dicts[index]['image_id']} \({re.escape(str(victim))}\) cannot be",

@@ -39,8 +39,13 @@ def detected_dataset(tmp_path_factory):
                     {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c)}
                 )
         dicts.append(
-            {"file_name": f"synthetic_{x['image_id']}.png", "image_id": x["image_id"],
-             "height": x["height"], "width": x["width"], "annotations": annotations}
+            {
+                "file_name": f"synthetic_{x['image_id']}.png",
+                "image_id": x["image_id"],
+                "height": x["height"],
+                "width": x["width"],
+                "annotations": annotations,
+            }
         )
     name = f"stage_eval_{uuid.uuid4().hex[:8]}"
     DatasetCatalog.register(name, lambda: dicts)

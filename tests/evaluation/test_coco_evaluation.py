@@ -1,8 +1,9 @@
 """COCOEvaluatorAtIoUs: AP at strict IoUs, read from the same COCOeval run."""
+
 import torch
 
 from detectron2.data import DatasetCatalog
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from projects.cascade.evaluation import COCOEvaluatorAtIoUs
 

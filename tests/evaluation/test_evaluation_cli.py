@@ -3,6 +3,7 @@ train_net.py's evaluation from its command line: the per-stage table in periodic
 and in a two-process --eval-only, and TEST.EXPECTED_RESULTS; tools/stage_quality.py on the
 trained model.
 """
+
 import json
 import re
 import subprocess
@@ -53,9 +54,21 @@ def test_two_process_eval_only_matches_and_passes_expected_results(trained, tmp_
         ["cascade_stages", "2/AP50", last["cascade_stages/2/AP50"], 0.01],
     ]
     log = run(
-        "--eval-only", "--num-gpus", "2", "--dist-url", rendezvous(tmp_path), *TEST_SET, *STAGE_EVAL,
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", output_dir / "model_final.pth",
-        "TEST.EXPECTED_RESULTS", repr(expected), "OUTPUT_DIR", tmp_path,
+        "--eval-only",
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        rendezvous(tmp_path),
+        *TEST_SET,
+        *STAGE_EVAL,
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHTS",
+        output_dir / "model_final.pth",
+        "TEST.EXPECTED_RESULTS",
+        repr(expected),
+        "OUTPUT_DIR",
+        tmp_path,
     )
     assert "TEST.EXPECTED_RESULTS: all 2 checks passed." in log
     # Both ranks evaluated one of the two images; rank 0 gathered them.
@@ -73,8 +86,15 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
         ["bbox", "AP50", 0.0, 100.0],  # passes
     ]
     log = run(
-        "--eval-only", *TEST_SET, "MODEL.WEIGHTS", output_dir / "model_final.pth",
-        "TEST.EXPECTED_RESULTS", repr(expected), "OUTPUT_DIR", tmp_path, expect_ok=False,
+        "--eval-only",
+        *TEST_SET,
+        "MODEL.WEIGHTS",
+        output_dir / "model_final.pth",
+        "TEST.EXPECTED_RESULTS",
+        repr(expected),
+        "OUTPUT_DIR",
+        tmp_path,
+        expect_ok=False,
     )
     actual_ap = metrics(output_dir)[-1]["bbox/AP"]
     assert "error: TEST.EXPECTED_RESULTS: 3 of 4 checks failed:" in log
@@ -88,10 +108,23 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
 def test_stage_quality_tool_on_the_trained_model(trained, tmp_path):
     output_dir, _ = trained
     proc = subprocess.run(
-        [sys.executable, "tools/stage_quality.py", "--config-file", TINY_CONFIG, "--dataset",
-         "trees_test", "--output", str(tmp_path), "MODEL.WEIGHTS",
-         str(output_dir / "model_final.pth")],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "tools/stage_quality.py",
+            "--config-file",
+            TINY_CONFIG,
+            "--dataset",
+            "trees_test",
+            "--output",
+            str(tmp_path),
+            "MODEL.WEIGHTS",
+            str(output_dir / "model_final.pth"),
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "stage_quality.json").read_text())

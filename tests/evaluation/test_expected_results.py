@@ -1,7 +1,11 @@
 """check_expected_results: which checks pass, and what a failure says."""
+
 import pytest
 
-from projects.cascade.evaluation.expected_results import ExpectedResultsError, check_expected_results
+from projects.cascade.evaluation.expected_results import (
+    ExpectedResultsError,
+    check_expected_results,
+)
 
 RESULTS = {"bbox": {"AP": 20.5, "AP50": 58.9, "AP-tree": 20.5}, "cascade_stages": {"1~3/AP": 20.5}}
 

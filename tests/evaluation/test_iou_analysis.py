@@ -1,4 +1,5 @@
 """The IoU of each stage's input boxes, on hand-built boxes whose IoUs are known."""
+
 import json
 
 import numpy as np
@@ -7,7 +8,12 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from projects.cascade.evaluation.iou_analysis import IoUAnalysis, format_table, save, stage_input_ious
+from projects.cascade.evaluation.iou_analysis import (
+    IoUAnalysis,
+    format_table,
+    save,
+    stage_input_ious,
+)
 from tests.helpers import FixedProposals, build, tiny_cfg
 
 GT = [50.0, 20.0, 90.0, 60.0]  # 40 x 40, inside the image after every shift

@@ -2,6 +2,7 @@
 Per-stage evaluation (TEST.CASCADE_STAGE_EVAL): every stage and ensemble from one inference
 pass, each equal to a run of the model with the matching TEST_STAGE and TEST_SCORE.
 """
+
 import json
 import math
 
@@ -90,5 +91,3 @@ def test_tables_are_written(detected_dataset, stage_results):
     markdown = (output_dir / "cascade_stages.md").read_text()
     assert "| stages   |   AP |   AP50 |   AP60 |   AP70 |   AP75 |   AP80 |   AP90 |" in markdown
     assert f"| 1~3      | {stage_results['cascade_stages']['1~3/AP']:4.1f} |" in markdown
-
-

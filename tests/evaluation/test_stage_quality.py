@@ -3,6 +3,7 @@ What each stage does: the localization pairs on hand-set stages whose moves, and
 are known; the AP at each IoU threshold of every stage alone and of the model against the
 standard evaluation of such models.
 """
+
 import json
 
 import numpy as np
@@ -82,8 +83,9 @@ def _batch():
     for boxes in (gt_boxes, []):
         gt = Instances((128, 160), gt_boxes=Boxes(torch.tensor(boxes).reshape(-1, 4)))
         gt.gt_classes = torch.zeros(len(boxes), dtype=torch.long)
-        batch.append({"image": torch.zeros(3, 128, 160), "height": 128, "width": 160,
-                      "instances": gt})
+        batch.append(
+            {"image": torch.zeros(3, 128, 160), "height": 128, "width": 160, "instances": gt}
+        )
     return batch
 
 

@@ -26,7 +26,9 @@ def exports(tmp_path_factory):
             out = str(tmp_path_factory.mktemp(name))
             image = noise(128, 160, 0)
             files = {f: export_model(model, image, f, out, deploy_metadata(cfg)) for f in FORMATS}
-            eager = {k: (v, eager_inference(model, v)) for k, v in export_test_images(model).items()}
+            eager = {
+                k: (v, eager_inference(model, v)) for k, v in export_test_images(model).items()
+            }
             cache[name] = cfg, model, files, eager
         return cache[name]
 

@@ -2,6 +2,7 @@
 Export to TorchScript and ONNX (exporter.py) and the exported models run by runtime.py,
 against PyTorch eager.
 """
+
 import os
 
 import pytest

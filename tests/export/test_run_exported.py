@@ -2,6 +2,7 @@
 tools/deploy/run_exported.py, the standalone runner of exported models, against detectron2's
 DefaultPredictor, in this process and as a command in a process without detectron2.
 """
+
 import subprocess
 import sys
 
@@ -83,7 +84,15 @@ def test_runner_command_without_detectron2(exports, noise_png, tmp_path, fmt):
         "import runpy, sys; sys.modules['detectron2'] = sys.modules['projects'] = None; "
         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
-    args = [str(REPO / RUNNER), files[fmt], noise_png, "--min-score", "0.28", "--draw", str(tmp_path)]
+    args = [
+        str(REPO / RUNNER),
+        files[fmt],
+        noise_png,
+        "--min-score",
+        "0.28",
+        "--draw",
+        str(tmp_path),
+    ]
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -1,4 +1,5 @@
 """Differences (verify.py): the comparison of exported detections with eager ones."""
+
 from projects.cascade.export import Differences
 from tests.helpers import build, eager_inference, noise, tiny_export_cfg
 

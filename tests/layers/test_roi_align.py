@@ -1,4 +1,5 @@
 """The parallel CPU RoIAlign gives torchvision's outputs and gradients bit for bit."""
+
 import logging
 
 import pytest
@@ -57,11 +58,16 @@ def test_really_runs_the_extension_and_handles_no_boxes(monkeypatch, two_threads
     calls = []
     ext = load_extension()
     monkeypatch.setattr(
-        parallel_roi_align, "load_extension",
-        lambda: type("Spy", (), {
-            "forward": lambda *a: calls.append("forward") or ext.forward(*a),
-            "backward": lambda *a: calls.append("backward") or ext.backward(*a),
-        }),
+        parallel_roi_align,
+        "load_extension",
+        lambda: type(
+            "Spy",
+            (),
+            {
+                "forward": lambda *a: calls.append("forward") or ext.forward(*a),
+                "backward": lambda *a: calls.append("backward") or ext.backward(*a),
+            },
+        ),
     )
     x = torch.randn(2, 8, 10, 10, requires_grad=True)
     pooler = ParallelROIAlign((5, 5), 1.0, 0, True)

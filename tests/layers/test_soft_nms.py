@@ -1,4 +1,5 @@
 """Soft-NMS (TEST_NMS_METHOD linear / gaussian) against a plain reference implementation."""
+
 import math
 
 import pytest
@@ -54,12 +55,16 @@ def test_soft_nms_equals_the_reference(method, seed, iou_threshold, sigma, min_s
         boxes, scores, method, iou_threshold, sigma, min_score
     )
     assert keep.tolist() == expected_keep
-    torch.testing.assert_close(decayed, torch.tensor(expected_scores, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        decayed, torch.tensor(expected_scores, dtype=torch.float64), rtol=1e-12, atol=0
+    )
     assert len(keep) > 5 and (decayed < scores[keep]).any(), "the case must decay some scores"
 
 
 def test_hand_computed_case():
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10]], dtype=torch.float32)
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10]], dtype=torch.float32
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     keep, decayed = soft_nms(boxes, scores, "linear", 0.3, 0.5, 0.001)
     # Box 1 overlaps box 0 by 90/110; box 3 is box 0, so (1 - IoU) = 0 drops it.
@@ -78,7 +83,9 @@ def test_categories_do_not_decay_each_other():
     keep, decayed = batched_soft_nms(boxes, scores, classes, "gaussian", 0.3, 0.5, 0.001)
     for c in range(3):
         members = torch.nonzero(classes == c).squeeze(1)
-        own_keep, own_scores = soft_nms(boxes[members], scores[members], "gaussian", 0.3, 0.5, 0.001)
+        own_keep, own_scores = soft_nms(
+            boxes[members], scores[members], "gaussian", 0.3, 0.5, 0.001
+        )
         in_class = classes[keep] == c
         assert keep[in_class].tolist() == members[own_keep].tolist()
         torch.testing.assert_close(decayed[in_class], own_scores)
@@ -87,6 +94,12 @@ def test_categories_do_not_decay_each_other():
 
 def test_empty_input():
     keep, decayed = batched_soft_nms(
-        torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), "linear", 0.5, 0.5, 0.001
+        torch.zeros(0, 4),
+        torch.zeros(0),
+        torch.zeros(0, dtype=torch.int64),
+        "linear",
+        0.5,
+        0.5,
+        0.001,
     )
     assert keep.numel() == 0 and decayed.numel() == 0

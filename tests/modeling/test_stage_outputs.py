@@ -2,6 +2,7 @@
 CascadeStageOutputs and detections_by_stage: the model's own detections, with the box every
 stage gave each of them, and the detections of every stage and ensemble.
 """
+
 import pytest
 import torch
 
@@ -32,7 +33,9 @@ def test_outputs_are_the_model_own(mask):
     assert_same_detections(expected, got, masks=mask)
     for g in got:
         # stage_boxes are rescaled with the boxes: the last stage's box is the detection's.
-        torch.testing.assert_close(g["instances"].stage_boxes[:, -1], g["instances"].pred_boxes.tensor)
+        torch.testing.assert_close(
+            g["instances"].stage_boxes[:, -1], g["instances"].pred_boxes.tensor
+        )
 
 
 # ----------------------------------------------------------------- stage_boxes

@@ -3,6 +3,7 @@ Test-time augmentation (CascadeRCNNWithTTA): with one scale and no flip it gives
 own detections; it works with every option of the cascade; the merge uses the model's own
 final NMS (soft-NMS too); what it cannot do, it refuses with an error naming it.
 """
+
 import pytest
 import torch
 
@@ -24,7 +25,9 @@ def _low_threshold(model):
     for predictor in model.roi_heads.box_predictor:
         predictor.test_score_thresh = 0.0
         with torch.no_grad():
-            predictor.cls_score.weight.copy_(torch.randn(predictor.cls_score.weight.shape, generator=g))
+            predictor.cls_score.weight.copy_(
+                torch.randn(predictor.cls_score.weight.shape, generator=g)
+            )
     return model
 
 
@@ -70,7 +73,7 @@ def test_every_option_works_with_masks(options):
 
 
 def test_the_merge_uses_the_models_soft_nms():
-    """Flipped and resized copies detect near-duplicates: hard NMS merges them, soft-NMS keeps more."""
+    """Flipped and resized copies give near-duplicates: hard NMS merges them, soft-NMS keeps more."""
     hard = _low_threshold(build(tiny_cfg()).eval())
     soft = _low_threshold(build_like(hard, tiny_cfg(TEST_NMS_METHOD="gaussian")).eval())
     counts = {}

@@ -208,7 +208,9 @@ def draw(rgb, detections, class_names, min_score):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="model.onnx or model.ts written by tools/deploy/export_model.py")
+    parser.add_argument(
+        "model", help="model.onnx or model.ts written by tools/deploy/export_model.py"
+    )
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--min-score", type=float, default=0.0, help="print and draw only these")
     parser.add_argument("--draw", metavar="DIR", help="write each image with its detections here")

@@ -1,4 +1,5 @@
 """detectron2's COCO data (common/data/coco.py), evaluated with AP60-AP90 too."""
+
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 

@@ -1,4 +1,5 @@
 """COCO with large-scale jitter at 1024 px, the data recipe of detectron2's ViTDet configs."""
+
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 

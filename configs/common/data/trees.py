@@ -1,4 +1,5 @@
 """The tree-crown datasets as configs/trees/Base-Trees-MobileNetV2-FPN.yaml reads them."""
+
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
@@ -18,6 +19,8 @@ dataloader.train.mapper.augmentations = [
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.dataset.names = "trees_val"
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=400, max_size=400)]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=400, max_size=400)
+]
 dataloader.test.num_workers = 1
 dataloader.evaluator = L(COCOEvaluatorAtIoUs)(dataset_name="${..test.dataset.names}")

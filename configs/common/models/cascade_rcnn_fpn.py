@@ -3,6 +3,7 @@ Cascade R-CNN R50-FPN with CascadeRCNNROIHeads, as configs/Base-Cascade-RCNN-FPN
 it: detectron2's LazyConfig cascade (common/models/cascade_rcnn.py, a Cascade Mask R-CNN)
 with this project's heads, the YAML recipe's backbone freezing and RPN, and no mask head.
 """
+
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 

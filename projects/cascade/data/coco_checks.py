@@ -9,6 +9,7 @@ boxes, and detectron2 drops annotations whose image id is unknown.
 Register your own COCO json with :func:`register_coco_instances` from this module
 (same arguments as detectron2's) and it is checked every time it is loaded.
 """
+
 import json
 import math
 import os

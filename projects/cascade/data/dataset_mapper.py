@@ -2,6 +2,7 @@
 detectron2's DatasetMapper, with an error naming the image when an image cannot be read,
 and optionally the crowd regions that the ROI heads then ignore (IGNORE_IOF_THRESH).
 """
+
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data.detection_utils import SizeMismatchError

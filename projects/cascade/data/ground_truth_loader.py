@@ -1,4 +1,5 @@
 """A test-time loader that keeps the annotations, for analyses that measure boxes against them."""
+
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 

@@ -4,6 +4,7 @@ Crowd regions (`iscrowd` annotations) as regions to ignore in training
 dataset mapper, so that a box inside a crowd is trained as background; mmdetection
 (`ignore_iof_thr`) and Detectron (`CROWD_FILTER_THRESH`) ignore it instead.
 """
+
 from typing import List
 
 import numpy as np

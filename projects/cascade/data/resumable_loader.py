@@ -14,6 +14,7 @@ draw from each loader worker's RNG. None of that survives a restart. Here:
 * `iteration_seed` gives every training step its own seed, so the model's random
   sampling (RPN and ROI subsampling) does not depend on what ran before the step.
 """
+
 import contextlib
 import itertools
 import random

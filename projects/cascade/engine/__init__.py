@@ -1,4 +1,5 @@
 """Training: detectron2's DefaultTrainer made resumable and safe, for YAML and LazyConfigs."""
+
 from .checkpoint import SafeCheckpointer
 from .launch import check_launch, end_worker, load_config
 from .lazy_trainer import LazyConfigTrainer

@@ -2,6 +2,7 @@
 A DetectionCheckpointer whose files survive a kill in the middle of a save and whose
 loads cannot run code hidden in a checkpoint.
 """
+
 import logging
 import os
 import pickle

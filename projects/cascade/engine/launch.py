@@ -5,6 +5,7 @@ with one message naming the file, key or flag, not with a stack trace per worker
 Both kinds of detectron2 config load here: YAML (`KEY VALUE` overrides) and LazyConfig
 Python files (`key=value` overrides).
 """
+
 import atexit
 import os
 import sys
@@ -18,8 +19,12 @@ import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, get_cfg
 from detectron2.modeling import ROI_HEADS_REGISTRY
 
-from ..config import add_cascade_config, cascade_head_arguments, cascade_stage_settings
-from ..config import check_head_arguments
+from ..config import (
+    add_cascade_config,
+    cascade_head_arguments,
+    cascade_stage_settings,
+    check_head_arguments,
+)
 from ..errors import ConfigError
 from ..modeling import CascadeRCNNROIHeads
 from .run_settings import LAZY_TEST_DEFAULTS, run_settings, setting_key, setting_override
@@ -55,7 +60,9 @@ def load_config(config_file, opts):
     name = cfg.MODEL.ROI_HEADS.NAME
     if name not in ROI_HEADS_REGISTRY:
         known = ", ".join(sorted(k for k, _ in ROI_HEADS_REGISTRY))
-        raise ConfigError(f"{config_file}: MODEL.ROI_HEADS.NAME = {name!r} is not registered ({known}).")
+        raise ConfigError(
+            f"{config_file}: MODEL.ROI_HEADS.NAME = {name!r} is not registered ({known})."
+        )
     cascade = _is_subclass(ROI_HEADS_REGISTRY.get(name), CascadeRCNNROIHeads)
     if cascade:
         try:
@@ -73,7 +80,9 @@ def _load_lazy_config(config_file, overrides):
         cfg = LazyConfig.load(config_file)
     except Exception as e:  # the file is Python: any error of its code can come out here
         raise ConfigError(f"{config_file} cannot be loaded: {type(e).__name__}: {e}") from e
-    missing = [k for k in ("model", "dataloader", "optimizer", "lr_multiplier", "train") if k not in cfg]
+    missing = [
+        k for k in ("model", "dataloader", "optimizer", "lr_multiplier", "train") if k not in cfg
+    ]
     if missing:
         raise ConfigError(
             f"{config_file} defines no {', '.join(missing)}: a LazyConfig for training needs "
@@ -97,7 +106,11 @@ def _load_lazy_config(config_file, overrides):
             raise ConfigError(f"{config_file}: model.roi_heads: {e}") from e
     _check_stage_eval(cfg, cascade, f"model.roi_heads._target_ {heads.get('_target_')}")
     mapper = cfg.dataloader.train.get("mapper") or {}
-    if cascade and heads.get("ignore_iof_thresh", -1.0) >= 0 and not mapper.get("keep_crowd_regions"):
+    if (
+        cascade
+        and heads.get("ignore_iof_thresh", -1.0) >= 0
+        and not mapper.get("keep_crowd_regions")
+    ):
         raise ConfigError(
             f"{config_file}: model.roi_heads.ignore_iof_thresh = {heads.ignore_iof_thresh} needs "
             "dataloader.train.mapper.keep_crowd_regions=True: without the crowd regions there "

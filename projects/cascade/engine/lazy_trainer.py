@@ -14,6 +14,7 @@ The config has detectron2's LazyConfig layout (`model`, `dataloader.{train,test,
 * detectron2's `DatasetMapper` becomes `CheckedDatasetMapper`, which names unreadable images.
 * detectron2's `COCOEvaluator` becomes `COCOEvaluatorAtIoUs`, which adds AP60-AP90.
 """
+
 import copy
 import logging
 from collections import OrderedDict
@@ -120,7 +121,6 @@ class LazyConfigTrainer(ReliableTrainer):
                 logger.info(f"Evaluation results for {name} in csv format:")
                 print_csv_format(results[name])
         return results[names[0]] if len(names) == 1 else results
-
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

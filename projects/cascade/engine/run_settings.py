@@ -3,10 +3,12 @@ What the engine reads from a config, for both kinds detectron2 has: a YAML `CfgN
 LazyConfig (Python file). Everything else in engine/ reads these, not the config, so that
 one trainer, one set of launch checks and one evaluation serve both.
 """
+
 from typing import Dict, List, NamedTuple
 
-from detectron2.config import CfgNode
 from omegaconf import OmegaConf
+
+from detectron2.config import CfgNode
 
 __all__ = [
     "RunSettings",

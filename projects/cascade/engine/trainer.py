@@ -20,6 +20,7 @@ Compared with `DefaultTrainer` it:
 Everything it reads from its config goes through `run_settings`, so that
 `LazyConfigTrainer` only replaces what a LazyConfig builds differently.
 """
+
 import hashlib
 import logging
 import os
@@ -29,7 +30,14 @@ from collections import OrderedDict
 import torch
 
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    HookBase,
+    SimpleTrainer,
+    TrainerBase,
+    hooks,
+)
 from detectron2.engine.defaults import create_ddp_model, default_writers
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
@@ -42,7 +50,7 @@ from ..data.resumable_loader import (
     iteration_seed,
     resumable_loader_arguments,
 )
-from ..evaluation import COCOEvaluatorAtIoUs, CascadeStageEvaluator, check_expected_results
+from ..evaluation import CascadeStageEvaluator, COCOEvaluatorAtIoUs, check_expected_results
 from ..modeling import CascadeStageOutputs
 from ..modeling.test_time_augmentation import CascadeRCNNWithTTA
 from .checkpoint import SafeCheckpointer
@@ -137,7 +145,7 @@ class ReliableTrainer(DefaultTrainer):
         return ret[:at] + self.test_time_augmentation_hooks() + ret[at:] + [_WeightsInSync()]
 
     def test_time_augmentation_hooks(self):
-        """With test-time augmentation on, an evaluation with it after training (as detectron2's train_net.py)."""
+        """With test-time augmentation on, an evaluation with it after training, as in detectron2."""
         if not run_settings(self.cfg).test_time_augmentation:
             return []
         return [hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))]

@@ -3,6 +3,7 @@ What the analysis tools (`tools/iou_analysis.py`, `tools/stage_quality.py`) shar
 command line, the trained cascade of a YAML config with its weights, the batches, and the
 writing of their results.
 """
+
 import argparse
 import os
 import sys
@@ -16,7 +17,10 @@ from ..engine.launch import load_config
 from ..modeling.roi_heads.cascade_roi_heads import CascadeRCNNROIHeads
 
 __all__ = [
-    "analysis_argument_parser", "load_trained_cascade", "batches_to_analyse", "write_results",
+    "analysis_argument_parser",
+    "load_trained_cascade",
+    "batches_to_analyse",
+    "write_results",
 ]
 
 

@@ -1,4 +1,5 @@
 """COCO evaluation that also reports AP at strict IoUs, where a cascade's gains lie."""
+
 import numpy as np
 
 from detectron2.evaluation import COCOEvaluator

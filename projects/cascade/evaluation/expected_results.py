@@ -3,6 +3,7 @@ Model-zoo-style checks of evaluation results (TEST.EXPECTED_RESULTS, or test.exp
 in a LazyConfig), as detectron2's `verify_results`, but with a message that names every
 failed check.
 """
+
 import logging
 import math
 from collections.abc import Mapping

@@ -4,6 +4,7 @@ best-matching ground-truth box, as the paper's Figure 2 (right) and Figure 4 sho
 A stage is trained for the IoU distribution it sees; this measures that distribution,
 for the boxes sampled in training and for all proposals at test time.
 """
+
 import json
 from typing import Dict, List
 
@@ -164,8 +165,17 @@ def save(summary, json_path, png_path, title=""):
                 ax.axvline(t, color="tab:red", linestyle=":", linewidth=0.8)
             fractions = stage["fraction_above"].items()
             text = "\n".join(f"IoU \u2265 {t}: {100 * f:.1f}%" for t, f in fractions)
-            ax.text(0.97, 0.97, text, transform=ax.transAxes, ha="right", va="top",
-                    color="tab:red", fontsize=8, bbox={"facecolor": "white", "edgecolor": "none"})
+            ax.text(
+                0.97,
+                0.97,
+                text,
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                color="tab:red",
+                fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none"},
+            )
             ax.set_title(f"stage {k + 1} input, {labels[mode]}", fontsize=9)
             if row == len(MODES) - 1:
                 ax.set_xlabel("IoU with best-matching ground truth")

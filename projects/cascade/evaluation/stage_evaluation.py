@@ -3,6 +3,7 @@ COCO metrics of every cascade stage alone and of every ensemble of stages, from 
 inference pass of the main evaluation (TEST.CASCADE_STAGE_EVAL), as the paper's Table 4
 reports them.
 """
+
 import contextlib
 import io
 import itertools
@@ -17,8 +18,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .coco_evaluation import COCOEvaluatorAtIoUs
 from ..modeling.stage_outputs import STAGES_KEY
+from .coco_evaluation import COCOEvaluatorAtIoUs
 
 __all__ = ["CascadeStageEvaluator", "TASK", "COLUMNS"]
 

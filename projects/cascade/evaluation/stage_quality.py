@@ -9,6 +9,7 @@ plots, drawn per stage of one trained cascade:
 * detection: COCO AP at each IoU threshold 0.50, 0.55, ..., 0.95, of every stage alone and
   of the model's own output, all from one inference pass (`CascadeStageOutputs`).
 """
+
 import json
 import math
 from typing import Dict, List
@@ -165,7 +166,7 @@ class StageAPByIoU:
         self._image_ids.extend(x["image_id"] for x in inputs)
 
     def evaluate(self) -> Dict[str, List[float]]:
-        """Set name -> AP (%) at each of AP_IOUS, over the images processed (all others left out)."""
+        """Set name -> AP (%) at each of AP_IOUS, over the images processed (no others)."""
         image_ids = sorted(set(self._image_ids))
         results = {}
         for name, evaluator in self._evaluators.items():
@@ -179,8 +180,9 @@ class StageAPByIoU:
         return results
 
 
-def summarize(pairs_per_stage: List[torch.Tensor], ap_by_set: Dict[str, List[float]],
-              test_score: str) -> dict:
+def summarize(
+    pairs_per_stage: List[torch.Tensor], ap_by_set: Dict[str, List[float]], test_score: str
+) -> dict:
     """What the figure draws, as JSON: the localization curves and the AP of every set."""
     return {
         "input_iou_edges": INPUT_IOU_EDGES.tolist(),
@@ -210,7 +212,9 @@ def format_tables(summary) -> str:
         cells = []
         for stage in stages:
             row = stage["bins"][b]
-            cells.append(f"{row['boxes']}, {row['mean_output_iou']:.3f}" if row["boxes"] else "0, -")
+            cells.append(
+                f"{row['boxes']}, {row['mean_output_iou']:.3f}" if row["boxes"] else "0, -"
+            )
         lines.append(f"| {low:.2f}-{high:.2f} | " + " | ".join(cells) + " |")
     lines.append("")
     thresholds = summary["ap_ious"]
@@ -235,8 +239,14 @@ def save(summary, json_path, png_path, title=""):
     left.plot([0.5, 1.0], [0.5, 1.0], color="grey", linestyle="--", linewidth=1, label="no change")
     for k, stage in enumerate(summary["localization"]):
         rows = [r for r in stage["bins"] if r["boxes"]]
-        left.plot([r["mean_input_iou"] for r in rows], [r["mean_output_iou"] for r in rows],
-                  marker="o", markersize=3, color=_colour(k), label=f"stage {k + 1}")
+        left.plot(
+            [r["mean_input_iou"] for r in rows],
+            [r["mean_output_iou"] for r in rows],
+            marker="o",
+            markersize=3,
+            color=_colour(k),
+            label=f"stage {k + 1}",
+        )
     left.set_xlim(0.5, 1.0)
     left.set_xlabel("input IoU (bin mean)")
     left.set_ylabel("output IoU (bin mean)")
@@ -246,10 +256,15 @@ def save(summary, json_path, png_path, title=""):
     num_stages = len(summary["localization"])
     for name, aps in summary["detection"].items():
         model = name == MODEL_SET
-        right.plot(summary["ap_ious"], aps, marker="o", markersize=3,
-                   color="black" if model else _colour(int(name) - 1),
-                   linestyle="--" if model else "-",
-                   label=set_label(name, num_stages, summary["test_score"]))
+        right.plot(
+            summary["ap_ious"],
+            aps,
+            marker="o",
+            markersize=3,
+            color="black" if model else _colour(int(name) - 1),
+            linestyle="--" if model else "-",
+            label=set_label(name, num_stages, summary["test_score"]),
+        )
     right.set_xlabel("IoU threshold")
     right.set_ylabel("AP (%)")
     right.set_title("detection: AP of each stage alone and of the model", fontsize=10)

@@ -112,7 +112,7 @@ def load_images(
 
 
 def _project_modules() -> List[str]:
-    """This project's imported modules, e.g. projects.cascade.modeling.roi_heads.cascade_roi_heads."""
+    """This project's imported modules, e.g. projects.cascade.modeling.roi_heads."""
     package = __name__.split(".export.")[0]  # projects.cascade
     return sorted(
         n for n, m in sys.modules.items() if m is not None and n.startswith(package + ".")

@@ -1,4 +1,5 @@
 """Load a file written by `export_model` as a deployment would, and run it."""
+
 import json
 from typing import Dict, Optional
 

@@ -1,4 +1,5 @@
 """How far an exported model is from PyTorch eager: detections paired as sets, and timings."""
+
 import os
 import time
 from dataclasses import dataclass, field

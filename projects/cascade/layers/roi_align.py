@@ -8,6 +8,7 @@ outputs and gradients are those of `detectron2.layers.ROIAlign`, and the default
 giving the built-in cascade's outputs and losses. torch builds the extension on first use
 (about a minute, once; cached under ~/.cache/torch_extensions, or TORCH_EXTENSIONS_DIR).
 """
+
 import hashlib
 import logging
 import os
@@ -86,8 +87,14 @@ class _RoIAlignCPU(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         (height, width), spatial_scale, sampling_ratio, aligned = ctx.settings
         grad_input = load_extension().backward(
-            grad_output, rois, spatial_scale, height, width, *ctx.input_shape,
-            sampling_ratio, aligned,
+            grad_output,
+            rois,
+            spatial_scale,
+            height,
+            width,
+            *ctx.input_shape,
+            sampling_ratio,
+            aligned,
         )
         return grad_input, None, None, None, None, None
 
@@ -102,8 +109,12 @@ class ParallelROIAlign(ROIAlign):
         if not self._parallel_applies(input) or _extension_or_none() is None:
             return super().forward(input, rois)
         return _RoIAlignCPU.apply(
-            input, rois.to(dtype=input.dtype), _pair(self.output_size), float(self.spatial_scale),
-            int(self.sampling_ratio), bool(self.aligned),
+            input,
+            rois.to(dtype=input.dtype),
+            _pair(self.output_size),
+            float(self.spatial_scale),
+            int(self.sampling_ratio),
+            bool(self.aligned),
         )
 
     @staticmethod

@@ -2,6 +2,7 @@
 Soft-NMS (Bodla et al., ICCV 2017): instead of removing the boxes that overlap a kept box,
 lower their scores, so that touching objects (tree crowns, crowds) keep their own boxes.
 """
+
 from typing import Tuple
 
 import torch

@@ -1,4 +1,5 @@
 """The model: the cascade's ROI heads, their per-stage parts, and a CPU-sized backbone."""
+
 from .backbone import build_mobilenetv2_fpn_backbone
 from .roi_heads import CascadeRCNNROIHeads, MaskHeadPerStage
 from .stage_outputs import CascadeStageOutputs

@@ -2,6 +2,7 @@
 A test-time view of a cascade model that returns, from one inference pass, the detections
 of every stage and of every ensemble of stages along with the model's own.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -116,9 +117,13 @@ def detections_by_stage(
     ensemble = SCORERS["mean" if heads.test_score == "last" else heads.test_score]
     sets = {}
     for k in range(1, len(stages) + 1):
-        sets[str(k)] = heads.detect(stages[:k], heads.score(box_features, stages[:k], last_stage))[0]
+        sets[str(k)] = heads.detect(stages[:k], heads.score(box_features, stages[:k], last_stage))[
+            0
+        ]
     for k in range(2, len(stages) + 1):
-        sets[f"1~{k}"] = heads.detect(stages[:k], heads.score(box_features, stages[:k], ensemble))[0]
+        sets[f"1~{k}"] = heads.detect(stages[:k], heads.score(box_features, stages[:k], ensemble))[
+            0
+        ]
     return detections, sets
 
 

@@ -5,6 +5,7 @@ Every option of the cascade applies within each augmented inference (TEST_SCORE,
 TEST_STAGE, pruning, per-stage masks), and the merged detections go through the model's
 own final NMS (soft-NMS too, TEST_NMS_METHOD).
 """
+
 from typing import Sequence
 
 import torch

@@ -1,4 +1,5 @@
 """With every default, CascadeRCNNROIHeads must reproduce detectron2's built-in CascadeROIHeads."""
+
 import pytest
 import torch
 

@@ -2,6 +2,7 @@
 CascadeRCNNROIHeads: any number of stages, stage loss weights, gradient scaling, TEST_STAGE,
 and the errors of a bad key or constructor argument.
 """
+
 import re
 
 import pytest
@@ -30,7 +31,10 @@ def test_any_number_of_stages(stages):
     assert len(heads.box_head) == len(heads.box_predictor) == stages
     assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7, 0.75, 0.8][:stages]
     assert heads.box_predictor[-1].box2box_transform.weights == (
-        10.0 * stages, 10.0 * stages, 5.0 * stages, 5.0 * stages
+        10.0 * stages,
+        10.0 * stages,
+        5.0 * stages,
+        5.0 * stages,
     )
     model.train()
     with EventStorage():
@@ -85,7 +89,6 @@ def test_feature_gradient_is_scaled_by_one_over_num_stages():
     torch.testing.assert_close(scaled * 3, full, rtol=1e-4, atol=1e-7)
 
 
-
 # ---------------------------------------------------------------------- TEST_STAGE
 
 
@@ -119,11 +122,19 @@ def test_test_stage_equals_a_shorter_cascade(test_stage, test_score, mask_per_st
     [
         # Where the box heads are built.
         ("IOUS", [0.5, 1.2, 0.7], "IOUS[1] = 1.2: an IoU threshold must lie in (0, 1)."),
-        ("PARALLEL_CPU_ROI_ALIGN", "yes", "PARALLEL_CPU_ROI_ALIGN = 'yes': expected True or False."),
+        (
+            "PARALLEL_CPU_ROI_ALIGN",
+            "yes",
+            "PARALLEL_CPU_ROI_ALIGN = 'yes': expected True or False.",
+        ),
         # Where the mask head is built, with or without masks.
         ("MASK_PER_STAGE", 1, "MASK_PER_STAGE = 1: expected True or False."),
         # With the head's other options.
-        ("TEST_SCORE", "max", "TEST_SCORE = 'max': expected one of mean, mean_logits, mean_on_final, last."),
+        (
+            "TEST_SCORE",
+            "max",
+            "TEST_SCORE = 'max': expected one of mean, mean_logits, mean_on_final, last.",
+        ),
     ],
     ids=["IOUS", "PARALLEL_CPU_ROI_ALIGN", "MASK_PER_STAGE", "TEST_SCORE"],
 )
@@ -149,15 +160,31 @@ BOX_HEADS = f"{ARGUMENT} box_heads has 3: give one entry per stage."
     "argument, value, message",
     [
         ("box_heads", [], f"{ARGUMENT} box_heads is empty: a cascade needs at least one stage."),
-        ("box_predictors", [None, None], f"{ARGUMENT} box_predictors has 2 entries but {BOX_HEADS}"),
-        ("proposal_matchers", [None], f"{ARGUMENT} proposal_matchers has 1 entries but {BOX_HEADS}"),
-        ("stage_loss_weights", [1.0, 1.0], f"{ARGUMENT} stage_loss_weights has 2 entries but {BOX_HEADS}"),
+        (
+            "box_predictors",
+            [None, None],
+            f"{ARGUMENT} box_predictors has 2 entries but {BOX_HEADS}",
+        ),
+        (
+            "proposal_matchers",
+            [None],
+            f"{ARGUMENT} proposal_matchers has 1 entries but {BOX_HEADS}",
+        ),
+        (
+            "stage_loss_weights",
+            [1.0, 1.0],
+            f"{ARGUMENT} stage_loss_weights has 2 entries but {BOX_HEADS}",
+        ),
         (
             "stage_loss_weights",
             [1.0, -1.0, 1.0],
             f"{ARGUMENT} stage_loss_weights[1] = -1.0: a loss weight must be a number >= 0.",
         ),
-        ("test_score", "max", f"{ARGUMENT} test_score = 'max': expected one of mean, mean_logits, mean_on_final, last."),
+        (
+            "test_score",
+            "max",
+            f"{ARGUMENT} test_score = 'max': expected one of mean, mean_logits, mean_on_final, last.",
+        ),
         (
             "num_test_stages",
             0,
@@ -174,8 +201,17 @@ BOX_HEADS = f"{ARGUMENT} box_heads has 3: give one entry per stage."
             f"{ARGUMENT} test_prune_nms_thresh = 0.0: expected an IoU in (0, 1] (1.0 turns it off).",
         ),
     ],
-    ids=["no-stage", "predictors-length", "matchers-length", "loss-weights-length",
-         "negative-loss-weight", "test-score", "num-test-stages", "prune-topk", "prune-nms-thresh"],
+    ids=[
+        "no-stage",
+        "predictors-length",
+        "matchers-length",
+        "loss-weights-length",
+        "negative-loss-weight",
+        "test-score",
+        "num-test-stages",
+        "prune-topk",
+        "prune-nms-thresh",
+    ],
 )
 def test_constructor_names_its_argument(head_arguments, argument, value, message):
     """LazyConfig builds the heads from these arguments, without the config keys."""

@@ -2,6 +2,7 @@
 Class-specific box regression (MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG False), which the
 built-in cascade rejects: the box each row hands to the next stage, and each class's own box.
 """
+
 import pytest
 import torch
 
@@ -26,7 +27,9 @@ NUM_CLASSES = 3  # tiny_cfg's
 
 def test_class_specific_regression_trains_and_predicts():
     model = build(tiny_cfg(class_specific=True))
-    assert [p.bbox_pred.out_features for p in model.roi_heads.box_predictor] == [4 * NUM_CLASSES] * 3
+    assert [p.bbox_pred.out_features for p in model.roi_heads.box_predictor] == [
+        4 * NUM_CLASSES
+    ] * 3
     batch = synthetic_batch()
     model.train()
     with EventStorage():
@@ -80,7 +83,9 @@ def test_class_specific_training_refinement_uses_gt_class_of_positives(monkeypat
         is_fg = before.gt_classes < NUM_CLASSES
         classes = torch.where(is_fg, before.gt_classes, torch.tensor(top_class))
         some_positive_of_another_class |= bool((classes != top_class).any())
-        expected = regressed(first, deltas[classes], before.proposal_boxes.tensor, before.image_size)
+        expected = regressed(
+            first, deltas[classes], before.proposal_boxes.tensor, before.image_size
+        )
         expected = expected[Boxes(expected).nonempty()]
         torch.testing.assert_close(after.proposal_boxes.tensor, expected)
     assert some_positive_of_another_class, "the test needs positives of other classes"
@@ -98,6 +103,8 @@ def test_class_specific_detections_take_each_class_own_box(monkeypatch):
     for inputs, detections in zip(seen[-1], instances):
         assert set(detections.pred_classes.tolist()) == set(range(NUM_CLASSES))
         for c in range(NUM_CLASSES):
-            boxes_of_class = regressed(last, deltas[c], inputs.proposal_boxes.tensor, inputs.image_size)
+            boxes_of_class = regressed(
+                last, deltas[c], inputs.proposal_boxes.tensor, inputs.image_size
+            )
             detected = detections.pred_boxes.tensor[detections.pred_classes == c]
             assert rows_in(detected, boxes_of_class).all(), c

@@ -2,6 +2,7 @@
 Degenerate inputs to CascadeRCNNROIHeads: images without ground truth or proposals, stages
 whose boxes all leave the image, and images of extreme shape or with thousands of boxes.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -106,8 +107,13 @@ def _image_dict(tmp_path, width, height, boxes):
     annotations = [
         {"bbox": b, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0} for b in boxes
     ]
-    return {"file_name": str(path), "image_id": 1, "width": width, "height": height,
-            "annotations": annotations}
+    return {
+        "file_name": str(path),
+        "image_id": 1,
+        "width": width,
+        "height": height,
+        "annotations": annotations,
+    }
 
 
 def _train_step_and_inference(d):

@@ -5,6 +5,7 @@ model, with the same parameter names and, for the same weights, the same outputs
 and gradients. Checked on detectron2's own configs/common/models/cascade_rcnn.py, and with
 ViTDet's box heads (4 convs with LayerNorm, 1 FC) and the LVIS predictor options.
 """
+
 import copy
 
 import pytest
@@ -54,7 +55,9 @@ def vitdet_box_heads(model, lvis=False):
     vitdet = LazyConfig.load(str(REPO / "configs/cascade_mask_rcnn_vitdet_b_100ep.py"))
     model.roi_heads.box_heads = vitdet.model.roi_heads.box_heads
     for head in model.roi_heads.box_heads:
-        head.update(input_shape=ShapeSpec(channels=32, height=7, width=7), conv_dims=[16] * 4, fc_dims=[64])
+        head.update(
+            input_shape=ShapeSpec(channels=32, height=7, width=7), conv_dims=[16] * 4, fc_dims=[64]
+        )
         assert head.conv_norm == "LN"
     if lvis:
         for predictor in model.roi_heads.box_predictors:
@@ -102,8 +105,12 @@ def assert_same_training_step(builtin, ours, batch):
 
 
 @pytest.mark.parametrize(
-    "make", [tiny_lazy_cascade, lambda: vitdet_box_heads(tiny_lazy_cascade()),
-             lambda: vitdet_box_heads(tiny_lazy_cascade(), lvis=True)],
+    "make",
+    [
+        tiny_lazy_cascade,
+        lambda: vitdet_box_heads(tiny_lazy_cascade()),
+        lambda: vitdet_box_heads(tiny_lazy_cascade(), lvis=True),
+    ],
     ids=["detectron2-common-cascade", "vitdet-box-heads", "vitdet-lvis-predictors"],
 )
 def test_same_model_outputs_losses_and_gradients(make):
@@ -123,5 +130,7 @@ def test_wrong_argument_is_named():
     model = tiny_lazy_cascade()
     model.roi_heads._target_ = CascadeRCNNROIHeads
     model.roi_heads.proposal_matchers = model.roi_heads.proposal_matchers[:2]
-    with pytest.raises(ConfigError, match="CascadeRCNNROIHeads argument proposal_matchers has 2 entries"):
+    with pytest.raises(
+        ConfigError, match="CascadeRCNNROIHeads argument proposal_matchers has 2 entries"
+    ):
         instantiate(model)

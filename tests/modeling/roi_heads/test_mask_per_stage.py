@@ -1,11 +1,19 @@
-"""MASK_PER_STAGE: one mask head per stage, trained on its stage's positives, averaged at test time."""
+"""MASK_PER_STAGE: a mask head per stage, trained on its stage's positives, averaged at test time."""
+
 import torch
 
 from detectron2.layers import cat
 from detectron2.utils.events import EventStorage
 
 from projects.cascade.modeling.roi_heads.mask_per_stage import MaskHeadPerStage
-from tests.helpers import build, build_like, record_stage_inputs, run_heads, synthetic_batch, tiny_cfg
+from tests.helpers import (
+    build,
+    build_like,
+    record_stage_inputs,
+    run_heads,
+    synthetic_batch,
+    tiny_cfg,
+)
 
 NUM_CLASSES = 3  # tiny_cfg's
 
@@ -27,7 +35,9 @@ def test_mask_per_stage_has_one_head_per_stage_with_weighted_losses():
     assert "loss_mask" not in plain
     _, weighted = _mask_losses(True, [1.0, 0.5, 0.25], reference=model)
     for k, w in enumerate([1.0, 0.5, 0.25]):
-        torch.testing.assert_close(weighted[f"loss_mask_stage{k}"], plain[f"loss_mask_stage{k}"] * w)
+        torch.testing.assert_close(
+            weighted[f"loss_mask_stage{k}"], plain[f"loss_mask_stage{k}"] * w
+        )
 
 
 def test_single_mask_head_keeps_its_name_and_unscaled_loss():

@@ -5,6 +5,7 @@ Ours: at test time a row that becomes non-finite at any stage gives no detection
 other rows are computed bit for bit as before, with every option; in training the error
 names the stage and the iteration.
 """
+
 import functools
 
 import pytest
@@ -38,12 +39,14 @@ def _cached_model(options):
     for predictor in model.roi_heads.box_predictor:
         predictor.test_score_thresh = 0.0  # keep every detection of the fresh heads
         with torch.no_grad():  # ... with scores that differ
-            predictor.cls_score.weight.copy_(torch.randn(predictor.cls_score.weight.shape, generator=g))
+            predictor.cls_score.weight.copy_(
+                torch.randn(predictor.cls_score.weight.shape, generator=g)
+            )
     return model
 
 
 def _model(**options):
-    """A tiny Cascade Mask R-CNN with `options`, built once per options (the tests change no weight)."""
+    """A tiny Cascade Mask R-CNN with `options`, built once per options (no test changes a weight)."""
     return _cached_model(tuple(sorted(options.items())))
 
 
@@ -100,7 +103,8 @@ POISONINGS = [
 
 
 @pytest.mark.parametrize(
-    "options, stage", POISONINGS,
+    "options, stage",
+    POISONINGS,
     ids=[f"{IDS[OPTIONS.index(o)]}-stage{k + 1}" for o, k in POISONINGS],
 )
 def test_a_row_that_becomes_nonfinite_drops_out_and_the_others_are_unchanged(
@@ -116,7 +120,8 @@ def test_a_row_that_becomes_nonfinite_drops_out_and_the_others_are_unchanged(
         clean = heads.run_stages(box_features, proposals, heads.num_test_stages)
         scores = heads.score(box_features, clean, heads.test_scorer)
         keep = [
-            torch.tensor([r not in POISONED[i] for r in range(len(s))]) for i, s in enumerate(scores)
+            torch.tensor([r not in POISONED[i] for r in range(len(s))])
+            for i, s in enumerate(scores)
         ]
         last = clean[-1]._replace(boxes=[b[k] for b, k in zip(clean[-1].boxes, keep)])
         expected, _ = heads.detect(clean[:-1] + [last], [s[k] for s, k in zip(scores, keep)])
@@ -159,10 +164,13 @@ def test_training_stops_naming_the_stage_and_iteration(monkeypatch, stage):
     model.train()
     _poison(monkeypatch, model.roi_heads, stage, float("nan"))
     with EventStorage(start_iter=7):
-        with pytest.raises(FloatingPointError, match=(
-            rf"Cascade stage {stage + 1} of 3 \(losses \*_stage{stage}\) produced non-finite class "
-            r"scores, box deltas or boxes at iteration=7\. Its input features are finite"
-        )):
+        with pytest.raises(
+            FloatingPointError,
+            match=(
+                rf"Cascade stage {stage + 1} of 3 \(losses \*_stage{stage}\) produced non-finite "
+                r"class scores, box deltas or boxes at iteration=7\. Its input features are finite"
+            ),
+        ):
             model(synthetic_batch())
 
 
@@ -176,7 +184,10 @@ def test_training_names_nonfinite_features():
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, targets)
         features = {k: torch.full_like(v, float("inf")) for k, v in features.items()}
-        with pytest.raises(FloatingPointError, match="iteration=3. The feature maps it pooled are already non-finite"):
+        with pytest.raises(
+            FloatingPointError,
+            match="iteration=3. The feature maps it pooled are already non-finite",
+        ):
             model.roi_heads(images, features, proposals, targets)
 
 
@@ -185,7 +196,12 @@ def test_training_names_the_stage_of_a_nonfinite_loss(monkeypatch):
     model.train()
     predictor = model.roi_heads.box_predictor[1]
     losses = predictor.losses
-    monkeypatch.setattr(predictor, "losses", lambda *a: {**losses(*a), "loss_cls": torch.tensor(float("inf"))})
+    monkeypatch.setattr(
+        predictor, "losses", lambda *a: {**losses(*a), "loss_cls": torch.tensor(float("inf"))}
+    )
     with EventStorage(start_iter=5):
-        with pytest.raises(FloatingPointError, match="Cascade stage 2's losses loss_cls are not finite at iteration=5"):
+        with pytest.raises(
+            FloatingPointError,
+            match="Cascade stage 2's losses loss_cls are not finite at iteration=5",
+        ):
             model(synthetic_batch())

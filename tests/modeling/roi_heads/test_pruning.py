@@ -2,6 +2,7 @@
 MODEL.ROI_BOX_CASCADE_HEAD.TEST_PRUNE_TOPK and TEST_PRUNE_NMS_THRESH: only the top-k stage-1
 boxes, and only those that survive NMS among stage 1's refined boxes, reach stages 2..N.
 """
+
 import pytest
 import torch
 

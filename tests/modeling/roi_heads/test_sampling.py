@@ -1,12 +1,23 @@
 """RESAMPLE: how stages 2..N label and sample the boxes the previous stage refined (sampling.py)."""
+
 import pytest
 import torch
 
 from detectron2.utils.events import EventStorage
 
 from projects.cascade.modeling.roi_heads.sampling import match_at_stage_iou
-from tests.helpers import build, proposals_of, random_boxes, record_stage_inputs, regressed
-from tests.helpers import rows_in, run_heads, set_predictor, synthetic_batch, tiny_cfg
+from tests.helpers import (
+    build,
+    proposals_of,
+    random_boxes,
+    record_stage_inputs,
+    regressed,
+    rows_in,
+    run_heads,
+    set_predictor,
+    synthetic_batch,
+    tiny_cfg,
+)
 
 
 def _shifted_ground_truth(batch, copies=10):

@@ -1,4 +1,5 @@
 """TEST_SCORE: how the stages' class scores make the final ones (scoring.py)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,11 @@ def _manual_cascade(heads, features, proposals):
 def _detect(heads, boxes, scores, image_size):
     last = heads.box_predictor[-1]
     instances, _ = fast_rcnn_inference(
-        [boxes], [scores], [image_size], last.test_score_thresh, last.test_nms_thresh,
+        [boxes],
+        [scores],
+        [image_size],
+        last.test_score_thresh,
+        last.test_nms_thresh,
         last.test_topk_per_image,
     )
     return instances[0]

@@ -6,6 +6,7 @@ They live in ``$DETECTRON2_DATASETS/trees`` (default ``<repo>/datasets/trees``).
 Registration only records paths, so importing this module works before the data
 is prepared; loading an unprepared split raises an error saying how to prepare it.
 """
+
 import os
 from pathlib import Path
 

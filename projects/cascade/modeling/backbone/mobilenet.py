@@ -1,4 +1,5 @@
 """torchvision's ImageNet MobileNetV2 as a detectron2 FPN backbone, for models that must train on a CPU."""
+
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec

@@ -1,4 +1,5 @@
 """Cascade R-CNN ROI heads (Cai & Vasconcelos, CVPR 2018): detectron2's cascade, with options."""
+
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -150,7 +151,9 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
             IgnoreRegionFilter(ignore_iof_thresh) if ignore_iof_thresh >= 0 else keep_all_proposals
         )
         self._first_stage_inputs = flag_ground_truth if sampler.replaces_ground_truth else _as_given
-        self._mask_losses = mask_losses_per_stage if self.mask_per_stage else _first_stage_mask_losses
+        self._mask_losses = (
+            mask_losses_per_stage if self.mask_per_stage else _first_stage_mask_losses
+        )
         class_specific = any(p.bbox_pred.out_features > 4 for p in box_predictors)
         self._boxes_handed_on = self._boxes_of_one_class if class_specific else _as_regressed
         # Inference.
@@ -293,7 +296,9 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
         if self.training:
             check_stage_outputs(k, num_stages, [*predictions, *boxes], features)
-        return Stage(predictions, proposals, boxes, self._boxes_handed_on(boxes, predictions, proposals))
+        return Stage(
+            predictions, proposals, boxes, self._boxes_handed_on(boxes, predictions, proposals)
+        )
 
     def _run_stage(self, features, proposals, stage):
         box_features = self.box_pooler(features, [p.proposal_boxes for p in proposals])

@@ -2,6 +2,7 @@
 The per-class NMS that turns the last stage's boxes into detections (TEST_NMS_METHOD):
 detectron2's `fast_rcnn_inference` ("hard"), or the same steps with soft-NMS.
 """
+
 from functools import partial
 
 from detectron2.modeling.roi_heads.fast_rcnn import (
@@ -22,7 +23,16 @@ def final_nms(method: str, sigma: float, min_score: float):
 
 
 def soft_nms_inference(
-    boxes, scores, image_shapes, score_thresh, nms_thresh, topk_per_image, *, method, sigma, min_score
+    boxes,
+    scores,
+    image_shapes,
+    score_thresh,
+    nms_thresh,
+    topk_per_image,
+    *,
+    method,
+    sigma,
+    min_score,
 ):
     """
     `fast_rcnn_inference` with soft-NMS: the same rows dropped (non-finite), the same
@@ -46,8 +56,13 @@ def _soft_nms_single_image(
         boxes, scores, image_shape, score_thresh, 1.0, -1
     )
     keep, decayed = batched_soft_nms(
-        candidates.pred_boxes.tensor, candidates.scores, candidates.pred_classes,
-        method, nms_thresh, sigma, min_score,
+        candidates.pred_boxes.tensor,
+        candidates.scores,
+        candidates.pred_classes,
+        method,
+        nms_thresh,
+        sigma,
+        min_score,
     )
     if topk_per_image >= 0:
         keep, decayed = keep[:topk_per_image], decayed[:topk_per_image]

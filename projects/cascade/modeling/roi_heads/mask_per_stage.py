@@ -1,4 +1,5 @@
 """One mask head per cascade stage (ROI_BOX_CASCADE_HEAD.MASK_PER_STAGE), as in mmdetection."""
+
 from typing import Dict, List
 
 import torch

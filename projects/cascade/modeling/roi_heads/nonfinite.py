@@ -8,6 +8,7 @@ cascade stops at `Boxes.clip` between stages ("Box tensor contains infinite or N
 * In training, a non-finite value stops the run with an error naming the stage and the
   iteration, before the optimizer steps, so the last checkpoint stays the last good one.
 """
+
 from typing import List
 
 import torch

@@ -3,6 +3,7 @@ Test-time pruning between stage 1 and stage 2 (TEST_PRUNE_NMS_THRESH, TEST_PRUNE
 Stages 2..N cost as much as stage 1 on every box, yet after stage 1 most boxes are
 background or near-copies of each other; sending fewer on is what cuts the cascade's cost.
 """
+
 import torch
 
 from detectron2.layers import batched_nms, cat
@@ -43,9 +44,11 @@ class StagePruner:
         keep = [self._rows(p, b, ok) for p, b, ok in zip(probs, nms_boxes, finite)]
         flat = cat([rows + start for rows, start in zip(keep, _offsets(probs))])
         boxes = [b[rows] for b, rows in zip(stage.boxes, keep)]
-        refined = boxes if stage.refined is stage.boxes else [
-            r[rows] for r, rows in zip(stage.refined, keep)
-        ]
+        refined = (
+            boxes
+            if stage.refined is stage.boxes
+            else [r[rows] for r, rows in zip(stage.refined, keep)]
+        )
         return stage._replace(
             predictions=tuple(x[flat] for x in stage.predictions),
             proposals=[p[rows] for p, rows in zip(stage.proposals, keep)],

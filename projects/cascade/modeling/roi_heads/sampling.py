@@ -4,6 +4,7 @@ the stage's own IoU. detectron2 labels them and keeps every one (`match_at_stage
 `StageSampler` adds what RESAMPLE and MASK_PER_STAGE need. At every stage, stage 1
 included, `IgnoreRegionFilter` first drops the boxes inside crowd regions (IGNORE_IOF_THRESH).
 """
+
 from typing import List
 
 import torch
@@ -120,7 +121,10 @@ class StageSampler:
 
     def _sample(self, proposals: Instances) -> Instances:
         fg_idxs, bg_idxs = subsample_labels(
-            proposals.gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
+            proposals.gt_classes,
+            self.batch_size_per_image,
+            self.positive_fraction,
+            self.num_classes,
         )
         return proposals[torch.cat([fg_idxs, bg_idxs])]
 

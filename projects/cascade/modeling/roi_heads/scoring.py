@@ -2,6 +2,7 @@
 How the stages' class scores become the detections' scores at test time (TEST_SCORE).
 Each scorer returns, per image, the class probabilities of the last stage's boxes.
 """
+
 from typing import Callable, Dict
 
 from .nonfinite import finite_or_zero
