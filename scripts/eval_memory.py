@@ -32,8 +32,9 @@ from detectron2.evaluation import (
     inference_on_dataset,
 )
 
-from prepare_trees import CATEGORIES, clip_boxes_to_tile, default_output_dir
+from prepare_trees import CATEGORIES, clip_boxes_to_tile
 from projects.cascade.data import register_coco_instances
+from projects.cascade.data.datasets import dataset_folder
 from projects.cascade.engine.checkpoint import SafeCheckpointer
 from projects.cascade.engine.launch import load_config
 from projects.cascade.engine.trainer import ReliableTrainer
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_crops(out_dir, num_images, size, seed=0):
     """Random `size` x `size` crops of the tree tiles, boxes clipped as prepare_trees.py does."""
-    trees = default_output_dir()
+    trees = dataset_folder("trees")
     tiles = []
     for split in ("train", "val", "test"):
         data = json.loads((trees / f"trees_{split}.json").read_text())

@@ -44,15 +44,18 @@ import hashlib
 import io
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
+
+from projects.cascade.data.datasets import dataset_folder
+from projects.cascade.utils import atomic_write
 
 WHEEL_REQUIREMENT = "deepforest==2.1.0"
 WHEEL_SHA256 = "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54"
@@ -80,16 +83,9 @@ DATASET_INFO = {
     "min_visible_fraction": MIN_VISIBLE_FRACTION,
 }
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 class PrepareError(RuntimeError):
     """A failure the user can act on; main() prints it without a traceback."""
-
-
-def default_output_dir():
-    root = os.environ.get("DETECTRON2_DATASETS")
-    return Path(root) / "trees" if root else REPO_ROOT / "datasets" / "trees"
 
 
 def split_json_path(out_dir, split):
@@ -233,16 +229,8 @@ def read_source(wheel, stem):
     return image, png_bytes, (width, height, boxes)
 
 
-def _atomic_write(path, write):
-    """Call write(file) on a temporary file next to path, then rename it to path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _write(data, f):
+    f.write(data)
 
 
 class _CocoSplit:
@@ -300,7 +288,7 @@ def build(wheel_path, out_dir):
                 for x0, y0 in tile_grid(rx0, rx1, height, TILE_SIZE):
                     name = f"{stem}_x{x0:04d}_y{y0:04d}.png"
                     crop = image.crop((x0, y0, x0 + TILE_SIZE, y0 + TILE_SIZE))
-                    _atomic_write(image_dir / name, lambda f: crop.save(f, format="PNG"))
+                    atomic_write(image_dir / name, partial(crop.save, format="PNG"))
                     tile_boxes = clip_boxes_to_tile(boxes, x0, y0, TILE_SIZE, TILE_SIZE)
                     splits[split].add_image(
                         name, TILE_SIZE, TILE_SIZE, f"{stem}.png", x0, y0, tile_boxes
@@ -308,13 +296,12 @@ def build(wheel_path, out_dir):
         for stem in TEST_SOURCES:
             _, png_bytes, (width, height, boxes) = read_source(wheel, stem)
             name = f"{stem}.png"
-            _atomic_write(image_dir / name, lambda f: f.write(png_bytes))
+            atomic_write(image_dir / name, partial(_write, png_bytes))
             kept = clip_boxes_to_tile(boxes, 0, 0, width, height)
             splits["test"].add_image(name, width, height, name, 0, 0, kept)
     datasets = {s: c.to_json() for s, c in splits.items()}
     for split, data in datasets.items():
-        payload = json.dumps(data).encode()
-        _atomic_write(split_json_path(out_dir, split), lambda f: f.write(payload))
+        atomic_write(split_json_path(out_dir, split), partial(_write, json.dumps(data).encode()))
     return datasets
 
 
@@ -367,8 +354,8 @@ def main(argv=None):
     parser.add_argument(
         "--output",
         type=Path,
-        default=default_output_dir(),
-        help="output folder (default: $DETECTRON2_DATASETS/trees, else <repo>/datasets/trees)",
+        default=dataset_folder("trees"),
+        help="output folder (default: $DETECTRON2_DATASETS/trees, else ./datasets/trees)",
     )
     parser.add_argument(
         "--wheel",

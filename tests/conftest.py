@@ -1,5 +1,6 @@
 import pytest
 
+from projects.cascade.data.datasets import dataset_folder
 from tests.helpers import load_script
 
 
@@ -7,6 +8,6 @@ from tests.helpers import load_script
 def trees_prepared():
     """The folder of the real tree-crown datasets in their default place, prepared if absent."""
     prepare_trees = load_script("scripts/prepare_trees.py")
-    folder = prepare_trees.default_output_dir()
+    folder = dataset_folder("trees")
     prepare_trees.prepare(folder)
     return folder

