@@ -19,11 +19,21 @@ import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils.logger import setup_logger
 
-from projects.cascade.engine import LazyConfigTrainer, ReliableTrainer, SafeCheckpointer
-from projects.cascade.engine.launch import check_launch, end_worker, load_config
-from projects.cascade.engine.run_settings import is_lazy, run_settings
+from projects.cascade.config_loader import load_config
+from projects.cascade.demo import register_demo
+from projects.cascade.engine import (
+    LazyConfigTrainer,
+    ReliableTrainer,
+    SafeCheckpointer,
+    check_launch,
+    end_worker,
+)
 from projects.cascade.errors import InputError
 from projects.cascade.evaluation import ExpectedResultsError
+from projects.cascade.run_settings import is_lazy, run_settings
+
+# At import, so that the workers `launch` starts (which import this file) register it too.
+register_demo()
 
 
 def setup(args):

@@ -31,10 +31,11 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from harness import machine
+from projects.cascade.demo import register_demo
 from pruning_grid import run_prune_trees
 from r50_setup import run_r50
 from report import ResultsFile, markdown
-from trees_setup import run_trees, run_trees_train, trees_models
+from trees_setup import TREES_CONFIGS, run_trees, run_trees_train, trees_models
 from workloads import tree_inputs
 
 
@@ -78,6 +79,7 @@ def main(argv=None):
     args.mem_reps = 1 if args.quick else 5
 
     setup_logger(name="detectron2", abbrev_name="d2").setLevel("WARNING")
+    register_demo()
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     results = ResultsFile(out, machine=machine(), quick=args.quick, reps=args.reps)
@@ -91,7 +93,7 @@ def main(argv=None):
     if args.only == "trees-prune":
         cfgs, models = trees_models(args, results)
         inputs = tree_inputs(cfgs["ours"], "trees_val", 2 if args.quick else 10, is_train=False)
-        run_prune_trees(args, results, cfgs["ours"], models, inputs)
+        run_prune_trees(args, results, cfgs["ours"], TREES_CONFIGS["ours"], models, inputs)
     results.finish(markdown, start)
     return results
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from projects.cascade import add_cascade_config
+from projects.cascade.config_loader import load_config
+from projects.cascade.engine.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 HEADS = {"ours": "CascadeRCNNROIHeads", "builtin": "CascadeROIHeads", "faster": "StandardROIHeads"}
@@ -23,27 +23,22 @@ TORCHVISION_ROI_ALIGN = {"MODEL.ROI_BOX_CASCADE_HEAD.PARALLEL_CPU_ROI_ALIGN": Fa
 
 
 def make_cfg(config_file, roi_heads, stages=None, **overrides):
-    cfg = get_cfg()
-    add_cascade_config(cfg)
-    cfg.merge_from_file(str(REPO / config_file))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.ROI_HEADS.NAME = roi_heads
-    if "MOBILENET" in cfg.MODEL:
-        cfg.MODEL.MOBILENET.PRETRAINED = False  # weights come from a checkpoint or the seed
+    """
+    `config_file` with `roi_heads`, on the CPU, with no MODEL.WEIGHTS (weights come from a
+    checkpoint or the seed), `stages` stages (rising IoUs and weights, as the tests' tiny
+    models) and config `overrides` (KEY=value, the key's dots as in YAML).
+    """
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NAME", roi_heads]
     if stages is not None:
-        cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = [0.5, 0.6, 0.7, 0.75, 0.8][:stages]
-        cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = [
-            (10.0 * (k + 1), 10.0 * (k + 1), 5.0 * (k + 1), 5.0 * (k + 1)) for k in range(stages)
-        ]
-        cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS = [1.0] * stages
+        reg_weights = [(10.0 * k, 10.0 * k, 5.0 * k, 5.0 * k) for k in range(1, stages + 1)]
+        opts += [
+            "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", str([0.5, 0.6, 0.7, 0.75, 0.8][:stages]),
+            "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(reg_weights),
+            "MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS", str([1.0] * stages),
+        ]  # fmt: skip
     for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return cfg
+        opts += [key, str(value)]
+    return load_config(str(REPO / config_file), opts)
 
 
 def build_trio(configs, cascade_weights=None, faster_weights=None, stages=None, **overrides):
@@ -77,11 +72,19 @@ def build_trio(configs, cascade_weights=None, faster_weights=None, stages=None, 
     return cfgs, models
 
 
+def variant_of(model, config_file, stages=None, **overrides):
+    """Ours from `config_file` with config `overrides`, holding `model`'s weights."""
+    cfg = make_cfg(config_file, HEADS["ours"], stages=stages, **overrides)
+    variant = build_model(cfg).eval()
+    variant.load_state_dict(model.state_dict(), strict=True)
+    return variant
+
+
 def trio(models):
     """Ours, the built-in and Faster R-CNN, without ours_tv (for the secondary rows)."""
     return {n: models[n] for n in HEADS}
 
 
 def _load(path):
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(str(path))
     return checkpoint.get("model", checkpoint)

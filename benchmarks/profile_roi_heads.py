@@ -13,6 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from compared_models import build_trio
+from projects.cascade.demo import register_demo
 from projects.cascade.modeling.stage_outputs import features_and_proposals
 from r50_setup import R50_CONFIGS, propose_anchors
 from trees_setup import TREES_CONFIGS
@@ -29,6 +30,7 @@ def main():
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    register_demo()
     if args.r50:
         cfgs, models = build_trio(R50_CONFIGS)
         for model in models.values():

@@ -4,15 +4,15 @@ Faster R-CNN and the built-in cascade, each cascade's overhead over Faster R-CNN
 trees setup's pruning table (COCO AP on trees_val and trees_test, and inference time).
 """
 
-import copy
-
 import torch
 
 from detectron2.evaluation import COCOEvaluator
 
+from compared_models import variant_of
 from harness import paired_times, summarize
 from workloads import infer_fn, tree_inputs
 
+KEY = "MODEL.ROI_BOX_CASCADE_HEAD."
 # (TEST_PRUNE_TOPK, TEST_PRUNE_NMS_THRESH); (0, 1.0) is off.
 PRUNE_SETTINGS = (
     (100, 1.0),
@@ -32,18 +32,15 @@ def prune_name(k, nms):
     return ",".join(parts) or "off"
 
 
-def pruned_copy(model, k, nms):
-    pruned = copy.deepcopy(model)
-    pruned.roi_heads.test_prune_topk = k
-    pruned.roi_heads.test_prune_nms_thresh = nms
-    return pruned
-
-
-def pruning_variants(models):
-    """Faster R-CNN, the built-in cascade, then ours at every setting of the grid."""
+def pruning_variants(models, config_file, **overrides):
+    """
+    Faster R-CNN, the built-in cascade, then ours at every setting of the grid: built from
+    `config_file` with `overrides` and the pruning keys, with ours' weights.
+    """
     variants = {"faster": models["faster"], "builtin": models["builtin"]}
     for k, nms in PRUNE_SETTINGS:
-        variants[prune_name(k, nms)] = pruned_copy(models["ours"], k, nms)
+        prune = {f"{KEY}TEST_PRUNE_TOPK": k, f"{KEY}TEST_PRUNE_NMS_THRESH": nms}
+        variants[prune_name(k, nms)] = variant_of(models["ours"], config_file, **overrides, **prune)
     return variants
 
 
@@ -70,13 +67,13 @@ def coco_ap(model, dataset, inputs):
     return evaluator.evaluate().get("bbox", {})
 
 
-def run_prune_trees(args, results, cfg, models, inputs):
+def run_prune_trees(args, results, cfg, config_file, models, inputs):
     """
     Pruning on trees_val: COCO AP and AP75, and inference time against Faster R-CNN's; and
     the AP on trees_test (other sites), which no setting was chosen on.
     """
     test_inputs = tree_inputs(cfg, "trees_test", 2 if args.quick else None, is_train=False)
-    variants = pruning_variants(models)
+    variants = pruning_variants(models, config_file)
     accuracy = {}
     for name, model in variants.items():
         val, test = coco_ap(model, "trees_val", inputs), coco_ap(model, "trees_test", test_inputs)

@@ -61,7 +61,8 @@ def run_r50(args, results):
     section_params_flops(results, "r50", trio(models), inputs)
 
     # TEST_PRUNE_TOPK on the R50 ROI heads (1000 proposals), against Faster R-CNN's.
-    fns = {n: roi_fn(m, images, features, proposals) for n, m in pruning_variants(models).items()}
+    variants = pruning_variants(models, R50_CONFIGS["ours"], **overrides)
+    fns = {n: roi_fn(m, images, features, proposals) for n, m in variants.items()}
     timing = summarize(paired_times(fns, reps, warm))
     add_overheads(timing)
     results["r50/prune_roi_heads"] = {"num_proposals": len(proposals[0]), **timing}

@@ -34,7 +34,7 @@ The verdict, per phase, looks at window 2 to the last (window 1 is warm-up):
   million per scalar), about 100 bytes per scalar per step, i.e. a few MiB per 1000 steps
   with the cascade's per-stage losses; the report shows it. The 8 MiB are glibc's noise:
   RSS moves by a few MiB as malloc arenas grow, fragment and are trimmed, also with nothing
-  leaking (scripts/eval_memory.py's test allows 10 MiB for the same reason). Over 2000
+  leaking (benchmarks/eval_memory.py's test allows 10 MiB for the same reason). Over 2000
   steps the limit is about 12 MiB, so a leak of 8 KiB per step (one small tensor or a few
   dozen Python objects kept per step) fails; one 128x128 float image kept per step (64 KiB)
   fails by tenfold. Over 200 steps only leaks of some 40 KiB per step show.
@@ -59,6 +59,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from harness import commit, machine
+from projects.cascade.demo import register_demo
 from report import ResultsFile
 from soak_inference import NUM_TILES, run_inference_soak
 from soak_report import soak_markdown, summarize_phase, verdict
@@ -98,6 +99,7 @@ def main(argv=None):
     # The same call as ReliableTrainer's; it is cached, so the trainer keeps this level.
     setup_logger().setLevel("WARNING")
     torch.set_num_threads(args.threads)
+    register_demo()
     out = Path(args.output)
     results = ResultsFile(
         out / "soak.json",

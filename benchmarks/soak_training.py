@@ -9,7 +9,7 @@ from pathlib import Path
 
 from detectron2.engine import HookBase
 
-from projects.cascade.engine.launch import load_config
+from projects.cascade.config_loader import load_config
 from projects.cascade.engine.trainer import ReliableTrainer
 from soak_windows import WindowRecorder
 

@@ -89,7 +89,7 @@ def run_trees(args, results):
         )
 
     run_trees_train(args, results, cfgs, models)
-    run_prune_trees(args, results, cfgs["ours"], models, inputs)
+    run_prune_trees(args, results, cfgs["ours"], TREES_CONFIGS["ours"], models, inputs)
 
 
 def run_trees_train(args, results, cfgs, models):

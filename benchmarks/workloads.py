@@ -15,8 +15,6 @@ from detectron2.data.dataset_mapper import DatasetMapper
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import projects.cascade  # noqa: F401  registers the tree datasets
-
 
 # ----------------------------------------------------------------------------- inputs
 def random_image(height, width, seed=0):

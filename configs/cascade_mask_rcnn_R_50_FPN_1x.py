@@ -5,7 +5,7 @@ from detectron2.config import LazyCall as L
 
 from projects.cascade.layers import parallelize_pooler
 
-from .cascade_rcnn_R_50_FPN_1x import dataloader, model
+from .cascade_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 
 _mask = model_zoo.get_config("common/models/cascade_rcnn.py").model.roi_heads
 model.roi_heads.update(

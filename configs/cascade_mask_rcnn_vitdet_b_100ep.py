@@ -20,6 +20,8 @@ from detectron2.solver import WarmupParamScheduler
 
 from projects.cascade import CascadeRCNNROIHeads
 
+from .common.data.coco_lsj import dataloader
+
 model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 for _key in ("box_head", "box_predictor", "proposal_matcher"):  # Mask R-CNN's single stage
     model.roi_heads.pop(_key)

@@ -2,6 +2,9 @@
 
 from detectron2 import model_zoo
 
+from .common.data.coco import dataloader
+from .common.models.cascade_rcnn_fpn import model
+
 optimizer = model_zoo.get_config("common/optim.py").SGD
 lr_multiplier = model_zoo.get_config("common/coco_schedule.py").lr_multiplier_1x
 train = model_zoo.get_config("common/train.py").train

@@ -4,7 +4,7 @@ Ablate the cascade's options on the real tree crowns: train each variant with th
 budget and seed, then evaluate every TEST_SCORE mode and TEST_STAGE of each trained
 cascade without retraining.
 
-    python experiments/ablation_trees.py            # the full run: 6 trainings of ~10-14 CPU minutes
+    python experiments/ablation_trees.py            # 6 trainings of ~13 CPU minutes
     python experiments/ablation_trees.py --quick    # 2 iterations each, to check the pipeline
 
 Trainings are plain `train_net.py` calls; one whose metrics.json already holds its final
@@ -13,24 +13,13 @@ evaluation is reused. Writes <output>/ablation.md and ablation.json.
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-import torch
-
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader
-from detectron2.evaluation import inference_on_dataset
-from detectron2.modeling import build_model
-
-from projects.cascade import add_cascade_config
 from projects.cascade.config import TEST_SCORES
-from projects.cascade.evaluation import COCOEvaluatorAtIoUs
+from projects.cascade.config_loader import load_config
+from projects.cascade.demo import register_demo
+from runs import REPO, evaluate, read_run, train
 
-REPO = Path(__file__).resolve().parents[1]
 CASCADE = "configs/trees/cascade_rcnn_trees.yaml"
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD."
 # The 4th stage continues the weights' progression; the paper gives none for it.
@@ -69,66 +58,12 @@ VARIANTS = {
     ),
 }
 # Checks the pipeline, not the numbers: few iterations and few boxes per image.
-QUICK = [
-    "SOLVER.MAX_ITER",
-    "2",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.WARMUP_ITERS",
-    "1",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-    "100",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "50",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "32",
-]
+QUICK = (
+    "SOLVER.MAX_ITER 2 SOLVER.IMS_PER_BATCH 2 SOLVER.WARMUP_ITERS 1 DATALOADER.NUM_WORKERS 0 "
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN 100 MODEL.RPN.POST_NMS_TOPK_TEST 50 "
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32"
+).split()
 METRICS = ("AP", "AP50", "AP75", "AP90")
-
-
-def load_cfg(config, opts):
-    cfg = get_cfg()
-    add_cascade_config(cfg)
-    cfg.merge_from_file(str(REPO / config))
-    cfg.merge_from_list(opts)
-    return cfg
-
-
-def train(out_dir, config, opts, seed):
-    """Train unless out_dir already holds a finished run; return the median s/iter."""
-    metrics = out_dir / "metrics.json"
-    if not (metrics.exists() and "bbox/AP" in metrics.read_text()):
-        cmd = [
-            sys.executable,
-            "train_net.py",
-            "--config-file",
-            config,
-            *opts,
-            "SEED",
-            str(seed),
-            "OUTPUT_DIR",
-            str(out_dir),
-        ]
-        print("+", " ".join(cmd), flush=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "train.log", "w") as log:
-            subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    times = [r["time"] for r in rows if "time" in r]
-    # detectron2 starts timing after a few iterations; --quick runs may have none.
-    return statistics.median(times) if times else float("nan")
-
-
-def evaluate(cfg, weights, dataset):
-    model = build_model(cfg)
-    DetectionCheckpointer(model).load(str(weights))
-    model.eval()
-    loader = build_detection_test_loader(cfg, dataset)
-    with torch.no_grad():
-        result = inference_on_dataset(model, loader, COCOEvaluatorAtIoUs(dataset))
-    return {m: result["bbox"][m] for m in METRICS}
 
 
 def main(argv=None):
@@ -145,33 +80,34 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args(argv)
     output = Path(args.output)
+    register_demo()
     extra = QUICK if args.quick else []
 
     trained, test_time = [], []
     for slug in args.variants:
         name, config, opts = VARIANTS[slug]
         out_dir = output / f"{slug}_seed{args.seed}"
-        seconds = train(out_dir, config, opts + extra, args.seed)
-        cfg = load_cfg(config, opts + extra)
-        cfg.MODEL.DEVICE = "cpu"
+        opts = [*opts, *extra]
+        if read_run(out_dir, METRICS) is None:
+            train(config, [*opts, "SEED", str(args.seed)], out_dir)
         weights = out_dir / "model_final.pth"
-        row = {"variant": name, "s_per_iter": seconds}
+        row = {"variant": name, "s_per_iter": read_run(out_dir, METRICS)["s_per_iter"]}
         for dataset in ("trees_val", "trees_test"):
-            row[dataset] = evaluate(cfg, weights, dataset)
+            row[dataset] = evaluate(config, opts, weights, dataset, METRICS)
         trained.append(row)
         print(json.dumps(row), flush=True)
+        cfg = load_config(config, opts)
         if cfg.MODEL.ROI_HEADS.NAME != "CascadeRCNNROIHeads":
             continue
         for score in TEST_SCORES:
             for stage in range(1, len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) + 1):
-                cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_SCORE = score
-                cfg.MODEL.ROI_BOX_CASCADE_HEAD.TEST_STAGE = stage
+                test_opts = [*opts, KEY + "TEST_SCORE", score, KEY + "TEST_STAGE", str(stage)]
                 test_time.append(
                     {
                         "variant": name,
                         "TEST_SCORE": score,
                         "TEST_STAGE": stage,
-                        "trees_val": evaluate(cfg, weights, "trees_val"),
+                        "trees_val": evaluate(config, test_opts, weights, "trees_val", METRICS),
                     }
                 )
 
@@ -180,12 +116,11 @@ def main(argv=None):
         json.dumps({"trained": trained, "test_time": test_time}, indent=1)
     )
     fmt = lambda m: " | ".join(f"{m[k]:.1f}" for k in METRICS)  # noqa: E731
-    lines = [
-        "| variant | val AP | val AP50 | val AP75 | val AP90 | test AP | test AP50 | test AP75 | test AP90 | s/iter |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = [f"{split} {m}" for split in ("val", "test") for m in METRICS] + ["s/iter"]
+    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [
-        f"| {r['variant']} | {fmt(r['trees_val'])} | {fmt(r['trees_test'])} | {r['s_per_iter']:.2f} |"
+        f"| {r['variant']} | {fmt(r['trees_val'])} | {fmt(r['trees_test'])} "
+        f"| {r['s_per_iter']:.2f} |"
         for r in trained
     ]
     lines += [

@@ -2,8 +2,7 @@
 """
 What changes the bits of a trained model? Trains the tree-crown cascade for a few iterations
 under one setting at a time and prints the sha256 of the final weights of each, next to the
-baseline's (train_net.py prints the same hash after training: "Weights of rank 0 after
-training: sha256 ...").
+baseline's (the one training writes to final_weights.sha256 in its output folder).
 
     python experiments/reproducibility.py                 # the demo recipe, 20 iterations each
     python experiments/reproducibility.py --iterations 4  # quicker
@@ -16,14 +15,14 @@ Writes <output>/reproducibility.md and .json.
 import argparse
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from projects.cascade.engine.trainer import read_weights_fingerprint
+from runs import REPO, machine, train
+
 CONFIG = "configs/trees/cascade_rcnn_trees.yaml"
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD."
 
@@ -45,36 +44,18 @@ SETTINGS = {
 _HOG = "import time\nwhile True: sum(i * i for i in range(10000))"
 
 
-def train(overrides, environment, hog, iterations, output_dir):
-    """Run train_net.py; return the logged weights hash and the wall time."""
-    cmd = [
-        sys.executable,
-        "train_net.py",
-        "--config-file",
-        CONFIG,
-        *overrides,
-        "SOLVER.MAX_ITER",
-        str(iterations),
-        "SOLVER.CHECKPOINT_PERIOD",
-        str(iterations),
-        "DATASETS.TEST",
-        "()",
-        "OUTPUT_DIR",
-        str(output_dir),
-    ]
+def train_hash(overrides, environment, hog, iterations, output_dir):
+    """Train with `overrides`; return the weights' fingerprint and the wall time."""
+    opts = [*overrides, "SOLVER.MAX_ITER", str(iterations)]
+    opts += ["SOLVER.CHECKPOINT_PERIOD", str(iterations), "DATASETS.TEST", "()"]
     hogs = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(2)] if hog else []
     start = time.time()
     try:
-        proc = subprocess.run(
-            cmd, cwd=REPO, env={**os.environ, **environment}, capture_output=True, text=True
-        )
+        train(CONFIG, opts, output_dir, env={**os.environ, **environment})
     finally:
         for p in hogs:
             p.kill()
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    found = re.findall(r"after training: sha256 ([0-9a-f]{64})", proc.stdout + proc.stderr)
-    return found[-1], time.time() - start
+    return read_weights_fingerprint(str(output_dir)), time.time() - start
 
 
 def main():
@@ -88,23 +69,15 @@ def main():
 
     rows = []
     for name, (overrides, environment, hog) in SETTINGS.items():
-        digest, seconds = train(
+        digest, seconds = train_hash(
             overrides, environment, hog, args.iterations, output / f"run{len(rows)}"
         )
         rows.append({"setting": name, "sha256": digest, "seconds": round(seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
 
     baseline = rows[0]["sha256"]
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     lines = [
-        f"{CONFIG}, {args.iterations} iterations; {cpu}, {os.cpu_count()} cores",
+        f"{CONFIG}, {args.iterations} iterations; {machine()}",
         "",
         "| setting | weights sha256 (first 16) | same bits as the baseline | wall s |",
         "|---|---|---|---|",

@@ -55,7 +55,8 @@ from pathlib import Path
 from PIL import Image
 
 from projects.cascade.data.datasets import dataset_folder
-from projects.cascade.utils import atomic_write
+from projects.cascade.data.tiles import clip_boxes_to_tile
+from projects.cascade.utils import atomic_write, atomic_write_bytes
 
 WHEEL_REQUIREMENT = "deepforest==2.1.0"
 WHEEL_SHA256 = "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54"
@@ -145,25 +146,6 @@ def split_regions(width):
     return {"train": (0, boundary), "val": (boundary, width)}
 
 
-def clip_boxes_to_tile(boxes, x0, y0, tile_w, tile_h, min_visible=MIN_VISIBLE_FRACTION):
-    """
-    Clip image-space XYXY boxes to the tile at (x0, y0) of size tile_w x tile_h.
-
-    Returns the boxes that keep more than ``min_visible`` of their area, in tile
-    coordinates. Degenerate boxes (zero width or height) are dropped.
-    """
-    kept = []
-    for bx0, by0, bx1, by1 in boxes:
-        area = (bx1 - bx0) * (by1 - by0)
-        cx0, cy0 = max(bx0, x0), max(by0, y0)
-        cx1, cy1 = min(bx1, x0 + tile_w), min(by1, y0 + tile_h)
-        if area <= 0 or cx1 <= cx0 or cy1 <= cy0:
-            continue
-        if (cx1 - cx0) * (cy1 - cy0) > min_visible * area:
-            kept.append([cx0 - x0, cy0 - y0, cx1 - x0, cy1 - y0])
-    return kept
-
-
 def sha256_of(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -229,10 +211,6 @@ def read_source(wheel, stem):
     return image, png_bytes, (width, height, boxes)
 
 
-def _write(data, f):
-    f.write(data)
-
-
 class _CocoSplit:
     def __init__(self):
         self.images, self.annotations = [], []
@@ -289,19 +267,21 @@ def build(wheel_path, out_dir):
                     name = f"{stem}_x{x0:04d}_y{y0:04d}.png"
                     crop = image.crop((x0, y0, x0 + TILE_SIZE, y0 + TILE_SIZE))
                     atomic_write(image_dir / name, partial(crop.save, format="PNG"))
-                    tile_boxes = clip_boxes_to_tile(boxes, x0, y0, TILE_SIZE, TILE_SIZE)
+                    tile_boxes = clip_boxes_to_tile(
+                        boxes, x0, y0, TILE_SIZE, TILE_SIZE, MIN_VISIBLE_FRACTION
+                    )
                     splits[split].add_image(
                         name, TILE_SIZE, TILE_SIZE, f"{stem}.png", x0, y0, tile_boxes
                     )
         for stem in TEST_SOURCES:
             _, png_bytes, (width, height, boxes) = read_source(wheel, stem)
             name = f"{stem}.png"
-            atomic_write(image_dir / name, partial(_write, png_bytes))
-            kept = clip_boxes_to_tile(boxes, 0, 0, width, height)
+            atomic_write_bytes(image_dir / name, png_bytes)
+            kept = clip_boxes_to_tile(boxes, 0, 0, width, height, MIN_VISIBLE_FRACTION)
             splits["test"].add_image(name, width, height, name, 0, 0, kept)
     datasets = {s: c.to_json() for s, c in splits.items()}
     for split, data in datasets.items():
-        atomic_write(split_json_path(out_dir, split), partial(_write, json.dumps(data).encode()))
+        atomic_write_bytes(split_json_path(out_dir, split), json.dumps(data).encode())
     return datasets
 
 

@@ -27,8 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path):
-    """A script of the repository (not a package module) imported by its path."""
+    """
+    A script of the repository (not a package module) imported by its path, with its folder
+    on sys.path as when it runs, so that it imports its neighbours (tools/analysis_cli.py).
+    """
     path = REPO / relative_path
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -374,6 +379,22 @@ def rendezvous(folder):
     another process before rank 0 binds it; a file in the test's own folder cannot be.
     """
     return f"file://{Path(folder) / 'rendezvous'}"
+
+
+def no_network(monkeypatch, empty_folder):
+    """
+    From here on, in this test: no socket can connect or resolve a name, and torch hub's and
+    iopath's caches are an empty folder, so that what reaches for weights fails.
+    """
+
+    def refuse(*args, **kwargs):
+        raise OSError("the network is out of reach in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(empty_folder))
+    monkeypatch.setenv("FVCORE_CACHE", str(empty_folder))
 
 
 def free_port():

@@ -1,6 +1,7 @@
 """
-projects/cascade/config.py: the defaults `add_cascade_config` adds, and the checks that turn
-a bad value of a cascade key into a ValueError naming the key, called on the config alone.
+projects/cascade/config.py: the option table, the defaults `add_cascade_config` adds, and the
+checks that turn a bad value of a cascade key into a ValueError naming the key, called on the
+config alone.
 """
 
 import logging
@@ -9,8 +10,13 @@ import pytest
 
 from detectron2.config import get_cfg
 
-from projects.cascade import add_cascade_config
-from projects.cascade.config import cascade_head_arguments, cascade_stage_settings, cascade_switch
+from projects.cascade import CascadeRCNNROIHeads, add_cascade_config
+from projects.cascade.config import (
+    OPTIONS,
+    check_cascade_config,
+    head_arguments,
+    stage_settings,
+)
 
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD"
 ONE_PER_STAGE = "give one entry per stage."
@@ -55,15 +61,23 @@ def test_defaults_follow_the_design():
 # ------------------------------------------------------------ per-stage lists
 
 
+def test_every_option_is_in_the_config_and_the_heads_docstring():
+    node = _cfg().MODEL.ROI_BOX_CASCADE_HEAD
+    for option in OPTIONS:
+        assert node[option.key] == option.default
+        if option.argument:
+            assert f"{option.argument} ({option.key}, " in CascadeRCNNROIHeads.__doc__
+            assert option.meaning in CascadeRCNNROIHeads.__doc__
+
+
 def test_stage_settings_of_the_defaults():
-    ious, reg_weights, loss_weights = cascade_stage_settings(_cfg())
+    ious, reg_weights = stage_settings(_cfg())
     assert ious == [0.5, 0.6, 0.7]
     assert reg_weights == [
         (10.0, 10.0, 5.0, 5.0),
         (20.0, 20.0, 10.0, 10.0),
         (30.0, 30.0, 15.0, 15.0),
     ]
-    assert loss_weights == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -75,7 +89,7 @@ def test_stage_settings_of_the_defaults():
         ),
         (
             {"STAGE_LOSS_WEIGHTS": [1.0]},
-            f"{KEY}.STAGE_LOSS_WEIGHTS has 1 entries but {KEY}.IOUS has 3: {ONE_PER_STAGE}",
+            f"{KEY}.STAGE_LOSS_WEIGHTS = [1.0]: expected one number >= 0 per stage, for 3 stages.",
         ),
         (  # fewer IoUs than the other lists' default 3 entries
             {"IOUS": [0.5, 0.6]},
@@ -103,7 +117,8 @@ def test_stage_settings_of_the_defaults():
         ),
         (
             {"STAGE_LOSS_WEIGHTS": [1.0, -0.5, 0.25]},
-            f"{KEY}.STAGE_LOSS_WEIGHTS[1] = -0.5: a loss weight must be a number >= 0.",
+            f"{KEY}.STAGE_LOSS_WEIGHTS = [1.0, -0.5, 0.25]: expected one number >= 0 per stage, "
+            "for 3 stages.",
         ),
     ],
     ids=[
@@ -120,17 +135,17 @@ def test_stage_settings_of_the_defaults():
 )
 def test_bad_stage_lists_name_the_key(keys, message):
     with pytest.raises(ValueError) as e:
-        cascade_stage_settings(_cfg(**keys))
+        check_cascade_config(_cfg(**keys))
     assert str(e.value) == message
 
 
 def test_non_increasing_ious_warn(caplog):
     with caplog.at_level(logging.WARNING, logger="projects.cascade.config"):
-        cascade_stage_settings(_cfg(IOUS=[0.5, 0.7, 0.6]))
+        check_cascade_config(_cfg(IOUS=[0.5, 0.7, 0.6]))
     assert f"{KEY}.IOUS = [0.5, 0.7, 0.6] does not increase from stage to stage" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="projects.cascade.config"):
-        cascade_stage_settings(_cfg())
+        check_cascade_config(_cfg())
     assert "does not increase" not in caplog.text
 
 
@@ -138,7 +153,8 @@ def test_non_increasing_ious_warn(caplog):
 
 
 def test_head_arguments_of_the_defaults_and_of_valid_values():
-    assert cascade_head_arguments(_cfg()) == {
+    assert head_arguments(_cfg()) == {
+        "stage_loss_weights": [1.0, 1.0, 1.0],
         "scale_feature_gradient": True,
         "test_score": "mean",
         "num_test_stages": None,
@@ -150,7 +166,7 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
         "test_soft_nms_min_score": 0.001,
         "ignore_iof_thresh": -1.0,
     }
-    arguments = cascade_head_arguments(
+    arguments = head_arguments(
         _cfg(
             TEST_SCORE="last",
             TEST_STAGE=3,
@@ -165,6 +181,7 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
         )
     )
     assert arguments == {
+        "stage_loss_weights": [1.0, 1.0, 1.0],
         "scale_feature_gradient": False,
         "test_score": "last",
         "num_test_stages": 3,
@@ -187,7 +204,7 @@ def test_head_arguments_of_the_defaults_and_of_valid_values():
 
 EXPECTED = {
     "TEST_SCORE": "expected one of mean, mean_logits, mean_on_final, last.",
-    "TEST_STAGE": "expected -1 (all stages) or a stage in 1..3 (stages count from 1).",
+    "TEST_STAGE": "expected a stage in 1..3 (stages count from 1), or -1 or None for all.",
     "TEST_PRUNE_TOPK": "expected an integer >= 0 (0 turns pruning off).",
     "TEST_PRUNE_NMS_THRESH": "expected an IoU in (0, 1] (1.0 turns it off).",
     "TEST_NMS_METHOD": "expected one of hard, linear, gaussian.",
@@ -212,7 +229,7 @@ EXPECTED = {
 )
 def test_bad_head_options_name_the_key(key, value):
     with pytest.raises(ValueError) as e:
-        cascade_head_arguments(_cfg(**{key: value}))
+        check_cascade_config(_cfg(**{key: value}))
     assert str(e.value) == f"{KEY}.{key} = {value!r}: {EXPECTED[key]}"
 
 
@@ -220,9 +237,9 @@ def test_bad_head_options_name_the_key(key, value):
     "key", ["SCALE_FEATURE_GRADIENT", "RESAMPLE", "MASK_PER_STAGE", "PARALLEL_CPU_ROI_ALIGN"]
 )
 def test_switches_take_only_booleans(key):
-    assert cascade_switch(_cfg(**{key: True}), key) is True
-    assert cascade_switch(_cfg(**{key: False}), key) is False
+    check_cascade_config(_cfg(**{key: True}))
+    check_cascade_config(_cfg(**{key: False}))
     for value in ("yes", 1):
         with pytest.raises(ValueError) as e:
-            cascade_switch(_cfg(**{key: value}), key)
+            check_cascade_config(_cfg(**{key: value}))
         assert str(e.value) == f"{KEY}.{key} = {value!r}: expected True or False."

@@ -1,32 +1,30 @@
-"""Every YAML in configs/ builds the model it describes."""
+"""Every YAML in configs/ loads and builds the model it describes, with no network."""
 
 import warnings
 
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from projects.cascade import CascadeRCNNROIHeads, add_cascade_config
-from tests.helpers import REPO
+from projects.cascade import CascadeRCNNROIHeads
+from projects.cascade.config_loader import load_config
+from tests.helpers import REPO, no_network
 
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
 
 
 def load(path):
-    cfg = get_cfg()
-    add_cascade_config(cfg)
-    cfg.merge_from_file(str(REPO / path))
+    cfg = load_config(str(REPO / path))
+    cfg.defrost()
     return cfg
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=str)
-def test_config_builds(path):
+def test_config_builds(path, monkeypatch, tmp_path):
     cfg = load(path)
     cfg.MODEL.DEVICE = "meta"  # the modules, with shapes and no memory: quick at full size
-    if "trees" not in str(path):
-        cfg.MODEL.WEIGHTS = ""  # R-50 ImageNet weights need the internet
+    no_network(monkeypatch, tmp_path)
     with torch.device("meta"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
         model = build_model(cfg)
@@ -55,3 +53,12 @@ def test_demo_configs_differ_only_in_roi_heads():
     for cfg in (cascade, faster):
         cfg.MODEL.ROI_HEADS.NAME = cfg.OUTPUT_DIR = ""
     assert cascade == faster
+
+
+def test_no_network_reaches_nothing(monkeypatch, tmp_path):
+    """The control of test_config_builds: torchvision's own download fails there."""
+    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+    no_network(monkeypatch, tmp_path)
+    with pytest.raises(Exception, match="network is out of reach|urlopen|Errno"):
+        mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)

@@ -14,7 +14,8 @@ from detectron2.solver import LRMultiplier, build_lr_scheduler, build_optimizer
 from detectron2.utils.events import EventStorage
 
 from projects.cascade import CascadeRCNNROIHeads
-from projects.cascade.engine.launch import load_config
+from projects.cascade.config_loader import load_config
+from projects.cascade.modeling.roi_heads.scoring import mean_of_stage_logits
 from tests.helpers import REPO, assert_same_detections, synthetic_batch
 
 SAME_AS_YAML = {
@@ -130,8 +131,8 @@ def test_seed_recipe_maps_mmdetection():
     heads = model.roi_heads
     assert heads.stage_loss_weights == [1.0, 0.5, 0.25]
     assert heads.feature_gradient_scale == 1.0
-    assert heads.test_score == "mean_logits"
-    assert heads.label_stage.resample and heads.label_stage.replaces_ground_truth
+    assert heads.scorer is mean_of_stage_logits
+    assert heads._label_next_stage.resample and heads._label_next_stage.replaces_ground_truth
     assert (heads.batch_size_per_image, heads.positive_fraction) == (512, 0.25)
     stds = [(0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)]
     for predictor, std in zip(heads.box_predictor, stds):

@@ -23,10 +23,11 @@ import numpy as np
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
-from projects.cascade.engine.launch import load_config
+from projects.cascade.config_loader import load_config
+from projects.cascade.demo import register_demo
+from projects.cascade.engine.predictor import SafePredictor
 from projects.cascade.modeling.stage_outputs import CascadeStageOutputs
 
 PROPOSAL_COLOUR = (0.6, 0.6, 0.6)
@@ -163,8 +164,9 @@ def run_video(predictor, metadata, path, output):
 def main(argv=None):
     args = parse_args(argv)
     threshold = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.confidence_threshold)]
+    register_demo()
     cfg = load_config(args.config_file, list(args.opts) + threshold)
-    predictor = DefaultPredictor(cfg)
+    predictor = SafePredictor(cfg)
     if args.stages:
         # The same single pass, which also returns every stage's box of each detection.
         predictor.model = CascadeStageOutputs(predictor.model)

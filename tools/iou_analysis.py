@@ -14,7 +14,8 @@ iou_analysis.json to --output, and prints the fraction of boxes at IoU >= 0.5, 0
 
 import torch
 
-from projects.cascade.evaluation import analysis_cli, iou_analysis
+import analysis_cli
+from projects.cascade.evaluation import iou_analysis
 
 
 def parse_args(argv=None):

@@ -18,8 +18,10 @@ import sys
 
 import torch
 
-from projects.cascade.evaluation import analysis_cli, stage_quality
+import analysis_cli
+from projects.cascade.evaluation import stage_quality
 from projects.cascade.modeling import CascadeStageOutputs
+from projects.cascade.modeling.roi_heads.scoring import score_name
 
 
 def parse_args(argv=None):
@@ -49,7 +51,9 @@ def main(argv=None):
     pairs_per_stage = [torch.cat(stage) for stage in zip(*pairs)]
     summary = {"dataset": dataset, "images": images, "weights": cfg.MODEL.WEIGHTS}
     summary.update(
-        stage_quality.summarize(pairs_per_stage, detection.evaluate(), model.roi_heads.test_score)
+        stage_quality.summarize(
+            pairs_per_stage, detection.evaluate(), score_name(model.roi_heads.scorer)
+        )
     )
     analysis_cli.write_results(
         args.output,

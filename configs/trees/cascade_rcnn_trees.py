@@ -12,15 +12,14 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.solver import WarmupParamScheduler
 
-from projects.cascade.modeling.backbone import MobileNetV2
+from projects.cascade.modeling.backbone import IMAGENET_WEIGHTS, MobileNetV2
 
+from ..common.data.trees import dataloader
 from ..common.models.cascade_rcnn_fpn import model
 
 # An ImageNet MobileNetV2-FPN, 64 channels: small enough to train on 2 CPU cores.
 model.backbone = L(FPN)(
-    bottom_up=L(MobileNetV2)(
-        pretrained=True, freeze_at=2, out_features=["mb2", "mb3", "mb4", "mb5"]
-    ),
+    bottom_up=L(MobileNetV2)(freeze_at=2, out_features=["mb2", "mb3", "mb4", "mb5"]),
     in_features=["mb2", "mb3", "mb4", "mb5"],
     out_channels=64,
     top_block=L(LastLevelMaxPool)(),
@@ -58,6 +57,7 @@ train.update(
     max_iter=400,
     eval_period=0,  # at the end of training
     checkpointer=dict(period=200, max_to_keep=100),
+    init_checkpoint=IMAGENET_WEIGHTS,  # converted by scripts/setup.sh
 )
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(MultiStepParamScheduler)(

@@ -12,8 +12,8 @@ from tests.helpers import CONFIG, REPO, load_script
 
 # The trees demo model, untrained and small; every detection drawn.
 OPTS = [
-    "MODEL.MOBILENET.PRETRAINED",
-    "False",
+    "MODEL.WEIGHTS",
+    "",
     "MODEL.FPN.OUT_CHANNELS",
     "32",
     "MODEL.ROI_BOX_HEAD.FC_DIM",

@@ -14,7 +14,7 @@ def test_evaluation_memory_stays_flat(tmp_path, trees_prepared):
     proc = subprocess.run(
         [
             sys.executable,
-            "scripts/eval_memory.py",
+            "benchmarks/eval_memory.py",
             "--output",
             str(tmp_path),
             "--num-images",

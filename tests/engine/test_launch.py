@@ -14,7 +14,8 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from projects.cascade.engine.launch import check_launch, end_worker, load_config
+from projects.cascade.config_loader import load_config
+from projects.cascade.engine.launch import check_launch, end_worker
 from projects.cascade.errors import ConfigError
 from tests.helpers import CONFIG, REPO, rendezvous, run
 

@@ -22,9 +22,15 @@ from torch import nn
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.utils import comm
 
+from projects.cascade.config_loader import load_config
 from projects.cascade.data.resumable_loader import ResumableTrainingSampler
-from projects.cascade.engine.launch import load_config
-from projects.cascade.engine.trainer import ReliableTrainer, _WeightsInSync, weights_fingerprint
+from projects.cascade.engine.trainer import (
+    FINGERPRINT_FILE,
+    ReliableTrainer,
+    _WeightsInSync,
+    read_weights_fingerprint,
+    weights_fingerprint,
+)
 from tests.helpers import (
     REPO,
     TINY_CONFIG,
@@ -166,14 +172,17 @@ def test_truncated_image_met_in_training_keeps_the_checkpoints(tmp_path, trees_p
         torch.load(out / name, weights_only=True)
 
 
-def test_weights_check_fails_when_ranks_disagree(monkeypatch):
+def test_weights_check_fails_when_ranks_disagree(monkeypatch, tmp_path):
     """The after-training check raises when another rank reports other weights."""
     trainer = SimpleNamespace(iter=3, max_iter=3, model=nn.Linear(2, 2))
-    hook = _WeightsInSync()
+    hook = _WeightsInSync(str(tmp_path))
     hook.trainer = trainer
     own = weights_fingerprint(trainer.model.state_dict())
     monkeypatch.setattr(comm, "all_gather", lambda digest: [digest, digest])
     hook.after_train()
+    assert read_weights_fingerprint(str(tmp_path)) == own  # the file next to the weights
+    (tmp_path / FINGERPRINT_FILE).unlink()
     monkeypatch.setattr(comm, "all_gather", lambda digest: [digest, "0" * 64])
     with pytest.raises(RuntimeError, match=f"different weights: \\['{own}', '0{{64}}'\\]"):
         hook.after_train()
+    assert not (tmp_path / FINGERPRINT_FILE).exists()

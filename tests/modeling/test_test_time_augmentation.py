@@ -82,7 +82,7 @@ def test_the_merge_uses_the_models_soft_nms():
             for predictor in model.roi_heads.box_predictor:
                 predictor.test_topk_per_image = -1  # no cap on the counts compared
             tta = CascadeRCNNWithTTA(model, min_sizes=(96, 128), max_size=200, flip=True)
-            assert tta.final_nms is model.roi_heads.final_nms
+            assert tta.detection_inference is model.roi_heads.detection_inference
             counts[name] = sum(len(o["instances"]) for o in tta(_inputs()))
     assert counts["soft"] > counts["hard"], counts
 

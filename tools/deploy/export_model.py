@@ -19,13 +19,12 @@ import sys
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from projects.cascade import add_cascade_config
+from projects.cascade.config_loader import load_config
+from projects.cascade.demo import register_demo
+from projects.cascade.engine.predictor import build_trained_model
 from projects.cascade.export import (
     FORMATS,
     ONNX_OPSET,
@@ -63,18 +62,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = get_cfg()
-    add_cascade_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    register_demo()
+    cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
 
     # Layers that MODEL.WEIGHTS does not cover start from the same random values every time.
     seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
-    model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = build_trained_model(cfg)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     samples = load_images(cfg, args.sample_image, dataset, args.num_samples)
     logger.info(f"Tracing on {samples[0][0]}; {len(samples)} sample images.")

@@ -1,20 +1,26 @@
 """
-A DetectionCheckpointer whose files survive a kill in the middle of a save and whose
-loads cannot run code hidden in a checkpoint.
+The one way this project reads weights: `read_checkpoint` never runs code hidden in a file,
+and `SafeCheckpointer`, the DetectionCheckpointer that train_net.py, the tools, benchmarks
+and experiments load and save through, reads with it and saves so that a kill in the middle
+of a save leaves the previous checkpoint usable.
 """
 
 import logging
 import os
 import pickle
 import re
+from functools import partial
+from typing import Any, Dict
+from urllib.parse import urlparse
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import CheckpointError
+from ..utils import atomic_write, atomic_write_bytes
 
-__all__ = ["SafeCheckpointer", "load_restricted_pickle"]
+__all__ = ["SafeCheckpointer", "read_checkpoint", "load_restricted_pickle"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +67,60 @@ def load_restricted_pickle(filename):
         return _ArraysOnlyUnpickler(f, filename).load()
 
 
-def _atomic_write(path, write, mode):
+def read_checkpoint(filename: str) -> Dict[str, Any]:
     """
-    Write through a temporary file in the same folder, then rename it over `path`.
-    A rename is atomic, so a kill at any moment leaves either the old file or the
-    new one, never a truncated one that a resume would pick up.
+    The contents of a checkpoint file, read without running code from it: a `.pth` with
+    ``torch.load(weights_only=True)``, a `.pkl` (detectron2 and Detectron model zoos) with an
+    unpickler that accepts only numpy arrays and plain containers; a `.pkl` comes back as
+    detectron2's loader returns it (`{"model": ..., "__author__": ...}`). An unreadable,
+    truncated or malicious file is a `CheckpointError` naming it.
     """
-    tmp = path + ".tmp"
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if not os.path.isfile(filename):
+        raise CheckpointError(f"Checkpoint {filename} does not exist.")
+    try:
+        if filename.endswith(".pkl"):
+            return _read_pkl(filename)
+        with open(filename, "rb") as f:
+            data = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        message = str(e)
+        # torch says "Unsupported global: GLOBAL x.y", or for a blocked module "unsupported
+        # GLOBAL x.y whose module x is blocked".
+        unsafe = re.search(r"unsupported global(?:: GLOBAL)? (\S+)", message, re.IGNORECASE)
+        if unsafe:  # torch.load(weights_only=True) refused a global
+            raise CheckpointError(
+                f"Refusing to load {filename}: it asks to import {unsafe.group(1)}, which "
+                "could run code. Only tensors and plain containers are accepted in a .pth "
+                "checkpoint."
+            ) from e
+        reason = type(e).__name__ + (f": {message.splitlines()[0]}" if message else "")
+        raise CheckpointError(
+            f"Cannot load checkpoint {filename}: it is truncated, corrupt or not a "
+            f"checkpoint ({reason})."
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"Cannot load checkpoint {filename}: expected a dict, found {type(data).__name__}."
+        )
+    return data
+
+
+def _read_pkl(filename):
+    """The conversions of `DetectionCheckpointer._load_file`, on a restricted unpickle."""
+    data = load_restricted_pickle(filename)
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"Cannot load checkpoint {filename}: expected a dict, found {type(data).__name__}."
+        )
+    if "model" in data and "__author__" in data:  # detectron2 model zoo
+        logger.info(f"Reading a file from '{data['__author__']}'")
+        return data
+    # Caffe2 / Detectron1 model zoo: detection models keep their weights in "blobs".
+    data = data.get("blobs", data)
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
 
 def _first_nonfinite(state_dict):
@@ -92,13 +140,11 @@ class SafeCheckpointer(DetectionCheckpointer):
     * refuses to save weights that hold NaN or Inf, so a diverged run cannot replace
       the last good checkpoint (e.g. with `model_final` when it dies on its last
       iteration);
-    * loads `.pth` files with ``torch.load(weights_only=True)`` and `.pkl` files with an
-      unpickler that accepts only numpy arrays and plain containers;
-    * turns an unreadable, truncated or malicious file into a :class:`CheckpointError`
-      naming it.
+    * reads every file with `read_checkpoint`, so a malicious, unreadable, truncated or
+      missing file is a :class:`CheckpointError` naming it.
     """
 
-    def save(self, name, **kwargs):
+    def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
@@ -116,49 +162,25 @@ class SafeCheckpointer(DetectionCheckpointer):
             )
             return
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_write(save_file, lambda f: torch.save(data, f), "wb")
+        atomic_write(save_file, partial(torch.save, data))
         self.tag_last_checkpoint(basename)
 
-    def tag_last_checkpoint(self, last_filename_basename):
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename), "w")
+        atomic_write_bytes(path, last_filename_basename.encode())
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        """`DetectionCheckpointer.load`, with a missing file a `CheckpointError` naming it."""
+        if path:
+            local = self.path_manager.get_local_path(urlparse(path)._replace(query="").geturl())
+            if not os.path.isfile(local):
+                raise CheckpointError(f"Checkpoint {path} does not exist.")
+        return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
-        try:
-            if filename.endswith(".pkl"):
-                return self._load_pkl(filename)
-            return super()._load_file(filename)
-        except CheckpointError:
-            raise
-        except Exception as e:
-            message = str(e)
-            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-            if unsafe:  # torch.load(weights_only=True) refused a global
-                raise CheckpointError(
-                    f"Refusing to load {filename}: it asks to import {unsafe.group(1)}, which "
-                    "could run code. Only tensors and plain containers are accepted in a .pth "
-                    "checkpoint."
-                ) from e
-            reason = type(e).__name__ + (f": {message.splitlines()[0]}" if message else "")
-            raise CheckpointError(
-                f"Cannot load checkpoint {filename}: it is truncated, corrupt or not a "
-                f"checkpoint ({reason})."
-            ) from e
+        if filename.endswith(".pkl"):
+            return read_checkpoint(filename)
+        return super()._load_file(filename)  # detectron2's handling of .pth files and URLs
 
     def _torch_load(self, f):
-        return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-
-    def _load_pkl(self, filename):
-        """The conversions of `DetectionCheckpointer._load_file`, on a restricted unpickle."""
-        data = load_restricted_pickle(filename)
-        if not isinstance(data, dict):
-            raise CheckpointError(
-                f"Cannot load checkpoint {filename}: expected a dict, found {type(data).__name__}."
-            )
-        if "model" in data and "__author__" in data:  # detectron2 model zoo
-            self.logger.info(f"Reading a file from '{data['__author__']}'")
-            return data
-        # Caffe2 / Detectron1 model zoo: detection models keep their weights in "blobs".
-        data = data.get("blobs", data)
-        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
-        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        return read_checkpoint(f)

@@ -29,7 +29,7 @@ from detectron2.utils import comm
 from ..data.dataset_mapper import CheckedDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import COCOEvaluatorAtIoUs
-from .run_settings import run_settings
+from ..run_settings import run_settings
 from .trainer import ReliableTrainer, _WeightsInSync
 
 __all__ = ["LazyConfigTrainer"]
@@ -107,7 +107,7 @@ class LazyConfigTrainer(ReliableTrainer):
         ret += self.test_time_augmentation_hooks()
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=train.log_period))
-        return ret + [_WeightsInSync()]
+        return ret + [_WeightsInSync(self.cfg.train.output_dir)]
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -26,6 +26,8 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
+from pathlib import Path
+from typing import Dict
 
 import torch
 
@@ -53,15 +55,26 @@ from ..data.resumable_loader import (
 from ..evaluation import CascadeStageEvaluator, COCOEvaluatorAtIoUs, check_expected_results
 from ..modeling import CascadeStageOutputs
 from ..modeling.test_time_augmentation import CascadeRCNNWithTTA
+from ..run_settings import run_settings, setting_key
+from ..utils import atomic_write_bytes
 from .checkpoint import SafeCheckpointer
-from .run_settings import run_settings, setting_key
 
-__all__ = ["ReliableTrainer", "weights_fingerprint"]
+__all__ = [
+    "ReliableTrainer",
+    "FINGERPRINT_FILE",
+    "read_weights_fingerprint",
+    "weights_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def weights_fingerprint(state_dict):
+# Written into the output folder, next to model_final.pth, after training: the fingerprint
+# of the final weights (not the sha256 of the file, which also holds the optimizer's state).
+FINGERPRINT_FILE = "final_weights.sha256"
+
+
+def weights_fingerprint(state_dict: Dict[str, torch.Tensor]) -> str:
     """sha256 over the names and exact bytes of every tensor of a state dict."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
@@ -76,8 +89,11 @@ class _WeightsInSync(HookBase):
     DistributedDataParallel keeps the ranks' weights equal only if every rank runs the
     same steps on the same parameters; a rank that skipped or repeated a step would
     go on silently with other weights. Each rank logs its fingerprint; a mismatch
-    fails the run.
+    fails the run. The main process writes it to FINGERPRINT_FILE in `output_dir`.
     """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
 
     def after_train(self):
         if self.trainer.iter < self.trainer.max_iter:
@@ -89,6 +105,14 @@ class _WeightsInSync(HookBase):
         digests = comm.all_gather(digest)
         if len(set(digests)) > 1:
             raise RuntimeError(f"The ranks ended training with different weights: {digests}")
+        if comm.is_main_process() and self.output_dir:
+            path = os.path.join(self.output_dir, FINGERPRINT_FILE)
+            atomic_write_bytes(path, f"{digest}\n".encode())
+
+
+def read_weights_fingerprint(output_dir: str) -> str:
+    """The fingerprint of the final weights that training wrote into `output_dir`."""
+    return (Path(output_dir) / FINGERPRINT_FILE).read_text().strip()
 
 
 class ReliableTrainer(DefaultTrainer):
@@ -142,7 +166,7 @@ class ReliableTrainer(DefaultTrainer):
         # before it, such as the evaluation with test-time augmentation, is written too.
         writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
         at = writers[0] if writers else len(ret)
-        return ret[:at] + self.test_time_augmentation_hooks() + ret[at:] + [_WeightsInSync()]
+        return ret[:at] + self.test_time_augmentation_hooks() + ret[at:] + [_WeightsInSync(run_settings(self.cfg).output_dir)]
 
     def test_time_augmentation_hooks(self):
         """With test-time augmentation on, an evaluation with it after training, as in detectron2."""

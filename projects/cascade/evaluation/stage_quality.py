@@ -73,7 +73,7 @@ def localization_pairs(model, batched_inputs) -> List[torch.Tensor]:
     pairs = []
     for stage in stages:
         # A row that became non-finite goes on as the zero box (nonfinite.py): IoU 0.
-        refined = finite_or_zero(stage.refined)
+        refined = finite_or_zero(stage.next_stage_boxes)
         per_image = [
             _pairs(p.proposal_boxes, out, gt, p.image_size)
             for p, out, gt in zip(stage.proposals, refined, gt_boxes)

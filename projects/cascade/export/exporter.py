@@ -39,6 +39,8 @@ from detectron2.export.flatten import InstancesSchema
 from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.modeling import GeneralizedRCNN
 
+from ..modeling.roi_heads.detection_inference import SoftNMSInference
+
 __all__ = [
     "FORMATS",
     "ONNX_OPSET",
@@ -137,10 +139,10 @@ def _traceable(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[TracingAdap
         raise TypeError(f"Only GeneralizedRCNN models can be exported, not {type(model).__name__}.")
     if model.training:
         raise ValueError("Export a model in inference mode: call model.eval() first.")
-    nms_method = getattr(model.roi_heads, "test_nms_method", "hard")
-    if nms_method != "hard":
+    inference = getattr(model.roi_heads, "detection_inference", None)
+    if isinstance(inference, SoftNMSInference):
         raise ValueError(
-            f"MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD = {nms_method!r}: soft-NMS cannot be "
+            f"MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD = {inference.method!r}: soft-NMS cannot be "
             "exported by tracing, since its loop runs once per kept box and tracing would fix "
             "that count to the traced image's. Export with TEST_NMS_METHOD hard."
         )

@@ -13,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 
 from ..errors import ConfigError
 from .roi_heads.cascade_roi_heads import CascadeRCNNROIHeads
-from .roi_heads.scoring import SCORERS, last_stage
+from .roi_heads.scoring import last_stage, mean_of_stages
 
 __all__ = ["CascadeStageOutputs", "STAGES_KEY", "detections_by_stage", "features_and_proposals"]
 
@@ -103,18 +103,18 @@ def detections_by_stage(
         raise RuntimeError("detections_by_stage is for test time: call .eval() first.")
     box_features = [features[f] for f in heads.box_in_features]
     stages = heads.run_stages(box_features, proposals, heads.num_test_stages)
-    scores = heads.score(box_features, stages, heads.test_scorer)
+    scores = heads.score(box_features, stages, heads.scorer)
     detections, kept = heads.detect(stages, scores)
     for image, (instances, kept_rows) in enumerate(zip(detections, kept)):
         # fast_rcnn_inference numbers the rows after dropping those with non-finite boxes
         # or scores; number them as the stages do.
-        boxes, image_scores = stages[-1].boxes[image], scores[image]
+        boxes, image_scores = stages[-1].regressed_boxes[image], scores[image]
         finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(image_scores).all(dim=1)
         rows = finite.nonzero()[kept_rows, 0]
         instances.stage_boxes = _stage_boxes_of(stages, image, rows, instances)
     detections = heads.forward_with_given_boxes(features, detections)
 
-    ensemble = SCORERS["mean" if heads.test_score == "last" else heads.test_score]
+    ensemble = mean_of_stages if heads.scorer is last_stage else heads.scorer
     sets = {}
     for k in range(1, len(stages) + 1):
         sets[str(k)] = heads.detect(stages[:k], heads.score(box_features, stages[:k], last_stage))[
@@ -133,8 +133,8 @@ def _stage_boxes_of(stages, image, rows, detections) -> torch.Tensor:
     each stage handed to the next, and the last stage's box of the detected class.
     """
     columns = [stages[0].proposals[image].proposal_boxes.tensor[rows]]
-    columns += [stage.refined[image][rows] for stage in stages[:-1]]
-    last = stages[-1].boxes[image][rows]
+    columns += [stage.next_stage_boxes[image][rows] for stage in stages[:-1]]
+    last = stages[-1].regressed_boxes[image][rows]
     if last.shape[1] > 4:  # class-specific regression
         per_class = last.view(len(rows), last.shape[1] // 4, 4)
         last = per_class[torch.arange(len(rows), device=last.device), detections.pred_classes]

@@ -56,7 +56,7 @@ class CascadeRCNNWithTTA(GeneralizedRCNNWithTTA):
             }
         )
         super().__init__(cfg, model, batch_size=batch_size)
-        self.final_nms = getattr(heads, "final_nms", fast_rcnn_inference)
+        self.detection_inference = getattr(heads, "detection_inference", fast_rcnn_inference)
 
     def _merge_detections(self, all_boxes, all_scores, all_classes, shape_hw):
         """detectron2's merge of the augmented detections, with the model's own final NMS."""
@@ -64,7 +64,7 @@ class CascadeRCNNWithTTA(GeneralizedRCNNWithTTA):
         scores = torch.zeros(len(all_boxes), num_classes + 1, device=all_boxes.device)
         for row, (cls, score) in enumerate(zip(all_classes, all_scores)):
             scores[row, cls] = score
-        merged, _ = self.final_nms(
+        merged, _ = self.detection_inference(
             [all_boxes],
             [scores],
             [shape_hw],

@@ -1,4 +1,5 @@
 """Small helpers shared by the package, its scripts and its tools."""
-from .file_io import atomic_write
 
-__all__ = ["atomic_write"]
+from .file_io import CacheHandler, atomic_write, atomic_write_bytes, cache_path
+
+__all__ = ["atomic_write", "atomic_write_bytes", "CacheHandler", "cache_path"]

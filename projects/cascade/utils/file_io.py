@@ -1,11 +1,20 @@
-"""Writing files so that a kill at any moment leaves the old file or the new one, never a part."""
+"""
+Files: writing them so that a kill leaves the old file or the new one, never a part; and
+the `cascade://` paths of the files scripts/setup.sh prepares.
+"""
 
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
-__all__ = ["atomic_write"]
+from iopath.common.file_io import PathHandler, get_cache_dir
+
+from detectron2.utils.file_io import PathManager
+
+from ..errors import CheckpointError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "CacheHandler", "cache_path"]
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
@@ -26,3 +35,42 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> N
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """`atomic_write` of `data`."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+class CacheHandler(PathHandler):
+    """
+    `cascade://NAME` is the file NAME in this project's folder of the local iopath cache
+    (`$FVCORE_CACHE`, else ~/.torch/iopath_cache, as detectron2's `detectron2://` files),
+    where scripts/setup.sh writes what it prepares once, such as the demo backbone's ImageNet
+    weights. Nothing is ever downloaded: a missing file is an error saying how to make it.
+    """
+
+    PREFIX = "cascade://"
+
+    def _get_supported_prefixes(self):
+        return [self.PREFIX]
+
+    def _get_local_path(self, path: str, **kwargs) -> str:
+        del kwargs  # force=...: nothing to download again
+        local = os.path.join(get_cache_dir(), "cascade", path[len(self.PREFIX) :])
+        if not os.path.isfile(local):
+            raise CheckpointError(
+                f"{path} is {local}, which does not exist: `bash scripts/setup.sh` makes it."
+            )
+        return local
+
+    def _open(self, path: str, mode: str = "r", **kwargs):
+        return PathManager.open(self._get_local_path(path), mode, **kwargs)
+
+
+def cache_path(name: str) -> Path:
+    """Where `cascade://NAME` lives, existing or not."""
+    return Path(get_cache_dir()) / "cascade" / name
+
+
+PathManager.register_handler(CacheHandler())

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from projects.cascade.data.tiles import clip_boxes_to_tile
 from tests.helpers import REPO, load_script
 
 prep = load_script("scripts/prepare_trees.py")
@@ -88,13 +89,13 @@ def test_clip_boxes_to_tile():
         [0, 0, 50, 50],         # outside: dropped
         [150, 150, 190, 170],   # inside: only translated
     ]
-    assert prep.clip_boxes_to_tile(boxes, 100, 100, 400, 400) == [
+    assert clip_boxes_to_tile(boxes, 100, 100, 400, 400, 0.5) == [
         [0, 100, 60, 160],
         [340, 200, 400, 210],
         [0, 0, 80, 80],
         [50, 50, 90, 70],
     ]
-    assert len(prep.clip_boxes_to_tile(boxes[2:3], 100, 100, 400, 400, min_visible=0.3)) == 1
+    assert len(clip_boxes_to_tile(boxes[2:3], 100, 100, 400, 400, min_visible=0.3)) == 1
 
 
 def test_wheel_hash_mismatch_names_file_and_both_hashes(tmp_path):

@@ -118,12 +118,14 @@ def test_a_row_that_becomes_nonfinite_drops_out_and_the_others_are_unchanged(
     with torch.no_grad():
         # Expected: the clean stages, with the poisoned rows taken out before the final NMS.
         clean = heads.run_stages(box_features, proposals, heads.num_test_stages)
-        scores = heads.score(box_features, clean, heads.test_scorer)
+        scores = heads.score(box_features, clean, heads.scorer)
         keep = [
             torch.tensor([r not in POISONED[i] for r in range(len(s))])
             for i, s in enumerate(scores)
         ]
-        last = clean[-1]._replace(boxes=[b[k] for b, k in zip(clean[-1].boxes, keep)])
+        last = clean[-1]._replace(
+            regressed_boxes=[b[k] for b, k in zip(clean[-1].regressed_boxes, keep)]
+        )
         expected, _ = heads.detect(clean[:-1] + [last], [s[k] for s, k in zip(scores, keep)])
         expected = heads.forward_with_given_boxes(features, expected)
 

@@ -56,9 +56,9 @@ def test_later_stages_run_on_exactly_the_top_k_rows(test_score):
         assert torch.equal(
             stages[0].proposals[i].proposal_boxes.tensor, proposals[i].proposal_boxes.tensor[r]
         )
-        assert torch.equal(stages[0].boxes[i], full_stage1.boxes[i][r])
+        assert torch.equal(stages[0].regressed_boxes[i], full_stage1.regressed_boxes[i][r])
         # ...and stage 2 starts from exactly the boxes stage 1 refined for them.
-        expected = Boxes(full_stage1.refined[i][r].clone())
+        expected = Boxes(full_stage1.next_stage_boxes[i][r].clone())
         expected.clip(proposals[i].image_size)
         assert torch.equal(stages[1].proposals[i].proposal_boxes.tensor, expected.tensor)
     offsets = [0, len(proposals[0])]
@@ -108,13 +108,13 @@ def test_later_stages_run_on_exactly_the_nms_survivors(k):
     probs = heads.box_predictor[0].predict_probs(full.predictions, full.proposals)
     for i, p in enumerate(probs):
         scores, classes = p[:, :-1].max(dim=1)
-        survivors = batched_nms(full.refined[i], scores, classes, thresh)
+        survivors = batched_nms(full.next_stage_boxes[i], scores, classes, thresh)
         assert k < len(survivors) < len(p), "the test needs NMS to suppress some boxes, not all"
         rows = (survivors[:k] if k else survivors).sort().values
         assert torch.equal(
             stages[0].proposals[i].proposal_boxes.tensor, proposals[i].proposal_boxes.tensor[rows]
         )
-        assert torch.equal(stages[0].refined[i], full.refined[i][rows])
+        assert torch.equal(stages[0].next_stage_boxes[i], full.next_stage_boxes[i][rows])
         assert all(len(s.proposals[i]) == len(rows) for s in stages)
 
 

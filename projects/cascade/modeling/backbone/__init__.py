@@ -1,3 +1,15 @@
-from .mobilenet import MobileNetV2, build_mobilenetv2_fpn_backbone
+from .mobilenet import (
+    IMAGENET_WEIGHTS,
+    MobileNetV2,
+    add_mobilenet_config,
+    build_mobilenetv2_fpn_backbone,
+    convert_torchvision_weights,
+)
 
-__all__ = ["MobileNetV2", "build_mobilenetv2_fpn_backbone"]
+__all__ = [
+    "IMAGENET_WEIGHTS",
+    "MobileNetV2",
+    "add_mobilenet_config",
+    "build_mobilenetv2_fpn_backbone",
+    "convert_torchvision_weights",
+]

@@ -1,13 +1,43 @@
-"""torchvision's ImageNet MobileNetV2 as a detectron2 FPN backbone, for models that must train on a CPU."""
+"""
+torchvision's MobileNetV2 as a detectron2 FPN backbone, for models that must train on a CPU.
 
-from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+Building it reads no weights: its ImageNet weights come, as every detectron2 backbone's do,
+through MODEL.WEIGHTS (`train.init_checkpoint` in a LazyConfig), from the checkpoint that
+`convert_torchvision_weights` makes of torchvision's file (scripts/setup.sh does it once).
+"""
 
+from typing import Dict, Sequence
+
+import torch
+from torchvision.models import mobilenet_v2
+
+from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-# Slices of torchvision's `features` that end at strides 4, 8, 16 and 32.
+__all__ = [
+    "IMAGENET_WEIGHTS",
+    "MobileNetV2",
+    "add_mobilenet_config",
+    "build_mobilenetv2_fpn_backbone",
+    "convert_torchvision_weights",
+]
+
+# The ImageNet weights as a detectron2 checkpoint, in the project's cache (utils/file_io.py).
+IMAGENET_WEIGHTS = "cascade://ImageNetPretrained/mobilenet_v2.pth"
+
+# Slices [start, end) of torchvision's `features` that end at strides 4, 8, 16 and 32.
 _STAGES = {"mb2": (0, 4, 4), "mb3": (4, 7, 8), "mb4": (7, 14, 16), "mb5": (14, 18, 32)}
+
+
+def add_mobilenet_config(cfg: CfgNode) -> None:
+    """Add the MODEL.MOBILENET keys of `build_mobilenetv2_fpn_backbone`."""
+    cfg.MODEL.MOBILENET = CfgNode()
+    # Freeze the first N of its four stages (strides 4, 8, 16, 32). 0 trains all.
+    cfg.MODEL.MOBILENET.FREEZE_AT = 1
+    # The stages whose outputs the FPN takes.
+    cfg.MODEL.MOBILENET.OUT_FEATURES = ["mb2", "mb3", "mb4", "mb5"]
 
 
 class MobileNetV2(Backbone):
@@ -17,13 +47,12 @@ class MobileNetV2(Backbone):
     torchvision's ImageNet models (RGB, mean/std in MODEL.PIXEL_MEAN/STD).
     """
 
-    def __init__(self, pretrained: bool, freeze_at: int, out_features):
+    def __init__(self, freeze_at: int, out_features: Sequence[str]):
         super().__init__()
-        weights = MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained else None
-        features = mobilenet_v2(weights=weights).features
+        features = mobilenet_v2(weights=None).features
         self.stage_names = list(_STAGES)
         for name, (start, end, _) in _STAGES.items():
-            self.add_module(name, features[start:end])
+            self.add_module(name, features[start:end])  # keeps torchvision's indices
         for name in self.stage_names[:freeze_at]:
             for p in getattr(self, name).parameters():
                 p.requires_grad_(False)
@@ -52,7 +81,6 @@ class MobileNetV2(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec):
     bottom_up = MobileNetV2(
-        pretrained=cfg.MODEL.MOBILENET.PRETRAINED,
         freeze_at=cfg.MODEL.MOBILENET.FREEZE_AT,
         out_features=cfg.MODEL.MOBILENET.OUT_FEATURES,
     )
@@ -64,3 +92,25 @@ def build_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec):
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+def convert_torchvision_weights(
+    state_dict: Dict[str, torch.Tensor], prefix: str = "backbone.bottom_up."
+) -> Dict[str, torch.Tensor]:
+    """
+    torchvision's MobileNetV2 state dict under the names of `MobileNetV2` inside a detectron2
+    model (`prefix`): `features.{i}.*` becomes `{stage}.{i}.*`. The classifier and the
+    last 1x1 convolution, which no stage uses, are left out; every other tensor is kept as
+    it is, BatchNorm's `num_batches_tracked` too (FrozenBatchNorm2d keeps it, and it is part
+    of the weights' fingerprint).
+    """
+    stage_of = {i: name for name, (start, end, _) in _STAGES.items() for i in range(start, end)}
+    converted = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[0] != "features":
+            continue
+        index = int(parts[1])
+        if index in stage_of:
+            converted[prefix + ".".join([stage_of[index], *parts[1:]])] = value
+    return converted

@@ -6,14 +6,13 @@ import torch
 from torch import nn
 
 from detectron2.layers import cat
-from detectron2.modeling.roi_heads import select_foreground_proposals
 from detectron2.structures import Instances
 
 
 class MaskHeadPerStage(nn.ModuleList):
     """
-    Head k trains on stage k's positives (`mask_losses_per_stage`).
-    At test time `forward` averages the heads' mask probabilities on the final boxes.
+    Head k trains on stage k's positives (`losses`). At test time `forward` averages the
+    heads' mask probabilities on the final boxes.
 
     A detectron2 mask head turns its logits into `pred_masks` itself
     (`mask_rcnn_inference`), so the average is taken over each head's `layers` output.
@@ -40,6 +39,19 @@ class MaskHeadPerStage(nn.ModuleList):
             image_instances.pred_masks = probs  # (Ri, 1, M, M), as `mask_rcnn_inference` sets it
         return instances
 
+    def losses(
+        self,
+        features_per_stage: List,
+        positives_per_stage: List[List[Instances]],
+        stage_loss_weights: List[float],
+    ) -> Dict[str, torch.Tensor]:
+        """Head k's mask loss on stage k's positives and their pooled features, times weight k."""
+        losses = {}
+        for k, (features, positives) in enumerate(zip(features_per_stage, positives_per_stage)):
+            loss = self[k](features, positives)["loss_mask"]
+            losses[f"loss_mask_stage{k}"] = loss * stage_loss_weights[k]
+        return losses
+
 
 def _class_probs(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """The probabilities of each box's class channel (the only one of a class-agnostic head)."""
@@ -47,20 +59,3 @@ def _class_probs(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tens
         rows = torch.arange(len(classes), device=classes.device)
         mask_logits = mask_logits[rows, classes][:, None]
     return mask_logits.sigmoid()
-
-
-def mask_losses_per_stage(heads, features, stage_proposals) -> Dict[str, torch.Tensor]:
-    """Mask head k learns from stage k's positives, weighted like stage k's box losses."""
-    losses = {}
-    for k, proposals in enumerate(stage_proposals):
-        positives, _ = select_foreground_proposals(proposals, heads.num_classes)
-        if heads.mask_pooler is None:
-            mask_features = {f: features[f] for f in heads.mask_in_features}
-        else:
-            mask_features = heads.mask_pooler(
-                [features[f] for f in heads.mask_in_features],
-                [p.proposal_boxes for p in positives],
-            )
-        loss = heads.mask_head[k](mask_features, positives)["loss_mask"]
-        losses[f"loss_mask_stage{k}"] = loss * heads.stage_loss_weights[k]
-    return losses

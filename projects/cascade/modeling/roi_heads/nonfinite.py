@@ -39,7 +39,7 @@ def finite_rows(stages) -> List[torch.Tensor]:
         logits, deltas = stage.predictions
         ok = torch.isfinite(logits).all(dim=1) & torch.isfinite(deltas).all(dim=1)
         ok = ok.split([len(p) for p in stage.proposals])
-        ok = [o & torch.isfinite(b).all(dim=1) for o, b in zip(ok, stage.boxes)]
+        ok = [o & torch.isfinite(b).all(dim=1) for o, b in zip(ok, stage.regressed_boxes)]
         finite = ok if finite is None else [f & o for f, o in zip(finite, ok)]
     return finite
 

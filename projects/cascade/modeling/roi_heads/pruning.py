@@ -40,29 +40,23 @@ class StagePruner:
         """`stage` (stage 1's outputs) with only the kept rows; `predictor` is stage 1's."""
         probs = predictor.predict_probs(stage.predictions, stage.proposals)
         finite = finite_rows([stage])
-        nms_boxes = finite_or_zero(stage.refined)  # NMS needs finite boxes
+        nms_boxes = finite_or_zero(stage.next_stage_boxes)  # NMS needs finite boxes
         keep = [self._rows(p, b, ok) for p, b, ok in zip(probs, nms_boxes, finite)]
         flat = cat([rows + start for rows, start in zip(keep, _offsets(probs))])
-        boxes = [b[rows] for b, rows in zip(stage.boxes, keep)]
-        refined = (
-            boxes
-            if stage.refined is stage.boxes
-            else [r[rows] for r, rows in zip(stage.refined, keep)]
-        )
         return stage._replace(
             predictions=tuple(x[flat] for x in stage.predictions),
             proposals=[p[rows] for p, rows in zip(stage.proposals, keep)],
-            boxes=boxes,
-            refined=refined,
+            regressed_boxes=[b[rows] for b, rows in zip(stage.regressed_boxes, keep)],
+            next_stage_boxes=[b[rows] for b, rows in zip(stage.next_stage_boxes, keep)],
         )
 
-    def _rows(self, probs, refined, finite):
+    def _rows(self, probs, boxes, finite):
         fg_scores, top_classes = probs[:, :-1].max(dim=1)
         # A row that became non-finite gives no detection (nonfinite.py): it takes no place.
         fg_scores = torch.where(finite, fg_scores, torch.full_like(fg_scores, -float("inf")))
         if self.nms_thresh < 1.0:
             # Sorted by score, so the top-k is a slice.
-            rows = batched_nms(refined, fg_scores, top_classes, self.nms_thresh)
+            rows = batched_nms(boxes, fg_scores, top_classes, self.nms_thresh)
             if self.topk > 0:
                 rows = rows[: self.topk]
         else:

@@ -1,32 +1,26 @@
 """
 The training inputs of stages 2..N: the boxes the previous stage regressed, labelled at
-the stage's own IoU. detectron2 labels them and keeps every one (`match_at_stage_iou`);
-`StageSampler` adds what RESAMPLE and MASK_PER_STAGE need. At every stage, stage 1
-included, `IgnoreRegionFilter` first drops the boxes inside crowd regions (IGNORE_IOF_THRESH).
+the stage's own IoU. detectron2 labels them and keeps every one (the head's
+`_match_at_stage_iou`); `StageSampler` adds what RESAMPLE and MASK_PER_STAGE need. At every
+stage, stage 1 included, `IgnoreRegionFilter` first drops the boxes inside crowd regions
+(IGNORE_IOF_THRESH).
 """
 
-from typing import List
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 
+from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 __all__ = [
-    "match_at_stage_iou",
     "StageSampler",
     "flag_ground_truth",
     "IgnoreRegionFilter",
     "keep_all_proposals",
 ]
-
-
-def match_at_stage_iou(heads, boxes, previous, stage, targets) -> List[Instances]:
-    """detectron2's labelling: every box the previous stage regressed, matched at stage `stage`'s IoU."""
-    proposals = heads._create_proposals_from_boxes(boxes, [p.image_size for p in previous])
-    proposals = heads.drop_ignored(proposals, targets)
-    return heads._match_and_label_boxes(proposals, stage, targets)
 
 
 class IgnoreRegionFilter:
@@ -60,7 +54,7 @@ def keep_all_proposals(proposals, targets):
 
 class StageSampler:
     """
-    Labels a later stage's boxes as `match_at_stage_iou` does, and
+    Labels a later stage's boxes as detectron2 does, and
 
     * with `with_masks`, gives each box its matched ground truth's mask, for that stage's own
       mask head (MASK_PER_STAGE);
@@ -73,14 +67,26 @@ class StageSampler:
     def __init__(
         self,
         num_classes: int,
+        matchers: Sequence[Matcher],
         *,
+        make_proposals: Callable[[List[torch.Tensor], List[Tuple[int, int]]], List[Instances]],
+        drop_ignored: Callable[[List[Instances], List[Instances]], List[Instances]],
         with_masks: bool,
         resample: bool,
         batch_size_per_image: int,
         positive_fraction: float,
         append_ground_truth: bool,
     ):
+        """
+        Args:
+            matchers: one per stage; stage k's labels its boxes.
+            make_proposals: boxes and image sizes -> proposals, as the head makes them.
+            drop_ignored: proposals and targets -> the proposals not in crowd regions.
+        """
         self.num_classes = num_classes
+        self.matchers = matchers
+        self.make_proposals = make_proposals
+        self.drop_ignored = drop_ignored
         self.with_masks = with_masks
         self.resample = resample
         self.batch_size_per_image = batch_size_per_image
@@ -88,16 +94,16 @@ class StageSampler:
         self.replaces_ground_truth = resample and append_ground_truth
 
     @torch.no_grad()
-    def __call__(self, heads, boxes, previous, stage, targets) -> List[Instances]:
+    def __call__(self, boxes, previous, stage, targets) -> List[Instances]:
+        """Stage `stage`'s proposals: `boxes`, one tensor per image of `previous`, labelled."""
         if self.replaces_ground_truth:
             boxes = [b[~p.is_ground_truth] for b, p in zip(boxes, previous)]
-        proposals = heads._create_proposals_from_boxes(boxes, [p.image_size for p in previous])
-        proposals = heads.drop_ignored(proposals, targets)
+        proposals = self.make_proposals(boxes, [p.image_size for p in previous])
+        proposals = self.drop_ignored(proposals, targets)
         if self.replaces_ground_truth:
             proposals = _append_ground_truth(proposals, targets)
-        proposals = [
-            self._label(p, t, heads.proposal_matchers[stage]) for p, t in zip(proposals, targets)
-        ]
+        matcher = self.matchers[stage]
+        proposals = [self._label(p, t, matcher) for p, t in zip(proposals, targets)]
         if self.resample:
             proposals = [self._sample(p) for p in proposals]
         _log_sample_counts(proposals, stage, self.num_classes)

@@ -1,63 +1,71 @@
 """
 How the stages' class scores become the detections' scores at test time (TEST_SCORE).
-Each scorer returns, per image, the class probabilities of the last stage's boxes.
+
+A scorer takes the stages run so far, their predictors (one per stage, in order) and a
+function that re-runs every one of those stages' classifiers on the boxes the last stage hands
+on (only the paper's ensemble needs it); it returns, per image, the class probabilities of
+the last stage's boxes.
 """
 
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence
 
-from .nonfinite import finite_or_zero
+import torch
 
-__all__ = ["SCORERS", "mean_of_stages", "mean_of_stage_logits", "mean_on_final_boxes", "last_stage"]
+__all__ = [
+    "Scorer",
+    "SCORERS",
+    "mean_of_stages",
+    "mean_of_stage_logits",
+    "mean_on_final_boxes",
+    "last_stage",
+    "score_name",
+]
+
+Scorer = Callable[[List, Sequence, Callable[[List], List]], List[torch.Tensor]]
 
 
-def mean_of_stages(heads, features, stages):
-    """Each stage scores its own input boxes; the scores are averaged (detectron2, mmdetection)."""
+def mean_of_stages(stages, predictors, rescore=None):
+    """Each stage scores its own input boxes; the scores are averaged (detectron2)."""
     probs_per_stage = [
-        heads.box_predictor[k].predict_probs(stage.predictions, stage.proposals)
-        for k, stage in enumerate(stages)
+        predictor.predict_probs(stage.predictions, stage.proposals)
+        for predictor, stage in zip(predictors, stages)
     ]
-    return _average(probs_per_stage)
+    # In detectron2's order of operations, so that "mean" gives the built-in's bits.
+    return [sum(probs) * (1.0 / len(probs_per_stage)) for probs in zip(*probs_per_stage)]
 
 
-def mean_of_stage_logits(heads, features, stages):
+def mean_of_stage_logits(stages, predictors, rescore=None):
     """
     mmdetection's ensemble: each stage scores its own input boxes, and the stages' class
     logits, not their probabilities, are averaged, then turned into probabilities once.
     """
     logits = sum(stage.predictions[0] for stage in stages) * (1.0 / len(stages))
-    predictor = heads.box_predictor[len(stages) - 1]
-    return predictor.predict_probs((logits, stages[-1].predictions[1]), stages[-1].proposals)
+    last = stages[-1]
+    return predictors[len(stages) - 1].predict_probs((logits, last.predictions[1]), last.proposals)
 
 
-def mean_on_final_boxes(heads, features, stages):
+def mean_on_final_boxes(stages, predictors, rescore):
     """
     The paper's ensemble: the classifiers of every stage score the same boxes, the ones the
     last stage hands on (with class-specific regression, each row's top-scoring class's box).
     """
-    image_sizes = [p.image_size for p in stages[0].proposals]
-    proposals = heads._create_proposals_from_boxes(finite_or_zero(stages[-1].refined), image_sizes)
-    box_features = heads.box_pooler(features, [p.proposal_boxes for p in proposals])
-    probs_per_stage = []
-    for k in range(len(stages)):
-        predictions = heads.box_predictor[k](heads.box_head[k](box_features))
-        probs_per_stage.append(heads.box_predictor[k].predict_probs(predictions, proposals))
-    return _average(probs_per_stage)
+    return mean_of_stages(rescore(stages), predictors)
 
 
-def last_stage(heads, features, stages):
+def last_stage(stages, predictors, rescore=None):
     """The last stage's scores alone, to measure it without the ensemble."""
-    predictor = heads.box_predictor[len(stages) - 1]
-    return predictor.predict_probs(stages[-1].predictions, stages[-1].proposals)
+    last = stages[-1]
+    return predictors[len(stages) - 1].predict_probs(last.predictions, last.proposals)
 
 
-def _average(probs_per_stage):
-    # In detectron2's order of operations, so that "mean" gives the built-in's bits.
-    return [sum(probs) * (1.0 / len(probs_per_stage)) for probs in zip(*probs_per_stage)]
-
-
-SCORERS: Dict[str, Callable] = {
+SCORERS: Dict[str, Scorer] = {
     "mean": mean_of_stages,
     "mean_logits": mean_of_stage_logits,
     "mean_on_final": mean_on_final_boxes,
     "last": last_stage,
 }
+
+
+def score_name(scorer: Scorer) -> str:
+    """The TEST_SCORE value of `scorer`."""
+    return next(name for name, s in SCORERS.items() if s is scorer)

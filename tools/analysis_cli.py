@@ -1,5 +1,5 @@
 """
-What the analysis tools (`tools/iou_analysis.py`, `tools/stage_quality.py`) share: their
+What the analysis tools (`iou_analysis.py`, `stage_quality.py` beside this file) share: their
 command line, the trained cascade of a YAML config with its weights, the batches, and the
 writing of their results.
 """
@@ -8,13 +8,13 @@ import argparse
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.modeling import build_model
 
-from ..data.ground_truth_loader import ground_truth_loader
-from ..engine.launch import load_config
-from ..modeling.roi_heads.cascade_roi_heads import CascadeRCNNROIHeads
+from projects.cascade import CascadeRCNNROIHeads
+from projects.cascade.config_loader import load_config
+from projects.cascade.data.ground_truth_loader import ground_truth_loader
+from projects.cascade.demo import register_demo
+from projects.cascade.engine.predictor import build_trained_model
 
 __all__ = [
     "analysis_argument_parser",
@@ -37,13 +37,13 @@ def analysis_argument_parser(description, files):
 
 def load_trained_cascade(args):
     """(cfg, the model with MODEL.WEIGHTS loaded, the dataset to analyse); exits on a bad config."""
+    register_demo()
     cfg = load_config(args.config_file, args.opts)
     if not isinstance(cfg, CfgNode):
         sys.exit(f"error: {args.config_file} is a LazyConfig; the analysis tools read YAML.")
-    model = build_model(cfg)
+    model = build_trained_model(cfg)
     if not isinstance(model.roi_heads, CascadeRCNNROIHeads):
         sys.exit(f"error: {args.config_file} does not use CascadeRCNNROIHeads; nothing to analyse.")
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return cfg, model, args.dataset or cfg.DATASETS.TEST[0]
 
 

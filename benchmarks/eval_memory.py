@@ -8,7 +8,7 @@ registers it through the project's checked loader, runs detectron2's
 every few images. During inference only the evaluator's list of detections should
 grow; the report sets the RSS growth against their size.
 
-    python scripts/eval_memory.py --output /tmp/tree_crops --num-images 600
+    python benchmarks/eval_memory.py --output /tmp/tree_crops --num-images 600
 
 Extra `KEY VALUE` arguments override the config (e.g. `MODEL.WEIGHTS model_final.pth`).
 Linux only: it reads /proc/self/status.
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import (
     COCOEvaluator,
     DatasetEvaluator,
@@ -32,11 +33,12 @@ from detectron2.evaluation import (
     inference_on_dataset,
 )
 
-from prepare_trees import CATEGORIES, clip_boxes_to_tile
+from projects.cascade.config_loader import load_config
 from projects.cascade.data import register_coco_instances
 from projects.cascade.data.datasets import dataset_folder
-from projects.cascade.engine.checkpoint import SafeCheckpointer
-from projects.cascade.engine.launch import load_config
+from projects.cascade.data.tiles import clip_boxes_to_tile
+from projects.cascade.demo import register_demo
+from projects.cascade.engine.predictor import build_trained_model
 from projects.cascade.engine.trainer import ReliableTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +66,7 @@ def make_crops(out_dir, num_images, size, seed=0):
             file_name = f"crop_{image_id:05d}.png"
             tile.crop((x0, y0, x0 + size, y0 + size)).save(out_dir / "images" / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        for bx0, by0, bx1, by1 in clip_boxes_to_tile(tile_boxes, x0, y0, size, size):
+        for bx0, by0, bx1, by1 in clip_boxes_to_tile(tile_boxes, x0, y0, size, size, 0.5):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -77,7 +79,13 @@ def make_crops(out_dir, num_images, size, seed=0):
             )
     json_file = out_dir / "tree_crops.json"
     json_file.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "tree"}],
+            }
+        )
     )
     return json_file, len(annotations)
 
@@ -134,7 +142,11 @@ class MemoryProbe(DatasetEvaluator):
 
 def measure(args):
     out = Path(args.output)
+    register_demo()
     json_file, num_boxes = make_crops(out, args.num_images, args.crop_size)
+    if "tree_crops" in DatasetCatalog.list():  # a second measurement in one process
+        DatasetCatalog.remove("tree_crops")
+        MetadataCatalog.remove("tree_crops")
     register_coco_instances("tree_crops", {}, str(json_file), str(out / "images"))
     size = str(args.crop_size)
     cfg = load_config(
@@ -152,8 +164,7 @@ def measure(args):
         ],
     )
     torch.manual_seed(0)
-    model = ReliableTrainer.build_model(cfg)
-    SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model = build_trained_model(cfg)
     loader = ReliableTrainer.build_test_loader(cfg, "tree_crops")
     coco = COCOEvaluator("tree_crops", output_dir=None)
     probe = MemoryProbe(coco, args.every)

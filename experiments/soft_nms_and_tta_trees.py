@@ -8,29 +8,24 @@ Faster R-CNN's head is a one-stage cascade's: its weights are evaluated in a one
 CascadeRCNNROIHeads (the "hard" row must then reproduce its own evaluation, which the script
 checks), so that it gets the same soft-NMS and test-time augmentation.
 
-    python experiments/test_time_trees.py                 # seeds 1 2 3 of the demo
-    python experiments/test_time_trees.py --schedule 3x --seeds 1 2
+    python experiments/soft_nms_and_tta_trees.py                 # seeds 1 2 3 of the demo
+    python experiments/soft_nms_and_tta_trees.py --schedule 3x --seeds 1 2
 
 Writes output/trees/test_time[_3x].md and .json.
 """
 
 import argparse
 import json
-import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from detectron2.data import build_detection_test_loader
-from detectron2.evaluation import inference_on_dataset
-from detectron2.modeling import build_model
-
-from projects.cascade.engine.launch import load_config
-from projects.cascade.evaluation import COCOEvaluatorAtIoUs
+from projects.cascade.engine.checkpoint import read_checkpoint
 from projects.cascade.modeling.test_time_augmentation import CascadeRCNNWithTTA
+from runs import REPO, evaluate, mean_and_spread, metrics_rows
 
-REPO = Path(__file__).resolve().parents[1]
 CASCADE = "configs/trees/cascade_rcnn_trees.yaml"
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD."
 ONE_STAGE = [
@@ -75,22 +70,15 @@ def _one_stage_state(state):
     return renamed
 
 
-def evaluate(weights, overrides, tta, faster):
-    cfg = load_config(
-        str(REPO / CASCADE),
-        (ONE_STAGE if faster else []) + overrides + ["MODEL.MOBILENET.PRETRAINED", "False"],
-    )
-    model = build_model(cfg)
-    # strict: every weight under its (renamed) name, or an error
-    state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict(_one_stage_state(state) if faster else state, strict=True)
-    model.eval()
-    if tta:
-        model = CascadeRCNNWithTTA(model, **TTA)
-    loader = build_detection_test_loader(cfg, "trees_val")
-    with torch.no_grad():
-        result = inference_on_dataset(model, loader, COCOEvaluatorAtIoUs("trees_val"))
-    return {m: result["bbox"][m] for m in METRICS}
+def one_stage_cascade_weights(weights, folder) -> Path:
+    """Faster R-CNN's checkpoint `weights` renamed for a one-stage cascade, written to `folder`."""
+    path = Path(folder) / "one_stage_cascade.pth"
+    torch.save({"model": _one_stage_state(read_checkpoint(str(weights))["model"])}, path)
+    return path
+
+
+def with_tta(model, cfg):
+    return CascadeRCNNWithTTA(model, **TTA)
 
 
 def main():
@@ -107,10 +95,15 @@ def main():
     ):
         for seed in args.seeds:
             run = REPO / "output" / "trees" / pattern.format(seed)
-            own = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
-            own = [r for r in own if "bbox/AP" in r][-1]
+            own = [r for r in metrics_rows(run) if "bbox/AP" in r][-1]
+            folder = tempfile.mkdtemp(prefix="soft_nms_and_tta_")
+            weights = run / "model_final.pth"
+            if faster:
+                weights = one_stage_cascade_weights(weights, folder)
             for variant, (overrides, tta) in VARIANTS.items():
-                metrics = evaluate(run / "model_final.pth", overrides, tta, faster)
+                opts = (ONE_STAGE if faster else []) + overrides
+                wrap = with_tta if tta else None
+                metrics = evaluate(CASCADE, opts, weights, "trees_val", METRICS, wrap)
                 if variant == "hard NMS" and abs(metrics["AP"] - own["bbox/AP"]) > 1e-6:
                     sys.exit(
                         f"{run}: the re-evaluation gives AP {metrics['AP']}, training's "
@@ -121,7 +114,7 @@ def main():
 
     lines = [
         f"trees_val, schedule {args.schedule}, seeds {' '.join(map(str, args.seeds))}: "
-        "mean ± sample standard deviation over the seeds",
+        "mean ± sample standard deviation (min to max) over the seeds",
         "",
         "| model | test time | " + " | ".join(METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
@@ -129,11 +122,7 @@ def main():
     for model_name in ("Cascade R-CNN", "Faster R-CNN"):
         for variant in VARIANTS:
             own = [r for r in rows if r["model"] == model_name and r["variant"] == variant]
-            cells = []
-            for m in METRICS:
-                values = [r[m] for r in own]
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
+            cells = [mean_and_spread([r[m] for r in own]) for m in METRICS]
             lines.append(f"| {model_name} | {variant} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
