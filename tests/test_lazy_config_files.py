@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 from projects.cascade import CascadeRCNNROIHeads
 from projects.cascade.config_loader import load_config
 from projects.cascade.modeling.roi_heads.scoring import mean_of_stage_logits
-from tests.helpers import REPO, assert_same_detections, synthetic_batch
+from tests.helpers import REPO, assert_same_detections, no_network, synthetic_batch
 
 SAME_AS_YAML = {
     "configs/cascade_rcnn_R_50_FPN_1x.py": "configs/cascade_rcnn_R_50_FPN_1x.yaml",
@@ -65,9 +65,12 @@ def _parameters(model):
 
 
 @pytest.mark.parametrize("lazy_path, yaml_path", SAME_AS_YAML.items())
-def test_lazy_config_builds_the_yaml_model(lazy_path, yaml_path):
-    # The models as configured, on the meta device (shapes without memory): the same parameters.
-    cfg, from_yaml, from_lazy = _models(lazy_path, yaml_path, device="meta")
+def test_lazy_config_builds_the_yaml_model(lazy_path, yaml_path, monkeypatch, tmp_path):
+    # The models as configured, on the meta device (shapes without memory): the same parameters,
+    # built with no network and empty weight caches.
+    with monkeypatch.context() as offline:
+        no_network(offline, tmp_path)
+        cfg, from_yaml, from_lazy = _models(lazy_path, yaml_path, device="meta")
     assert type(from_lazy.roi_heads) is CascadeRCNNROIHeads
     assert _parameters(from_lazy) == _parameters(from_yaml)
     assert from_lazy.roi_heads.mask_on == cfg.MODEL.MASK_ON

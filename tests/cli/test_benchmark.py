@@ -1,4 +1,7 @@
-"""benchmarks/benchmark_cascade.py runs end to end (--quick) and writes its JSON; no timing checked."""
+"""
+benchmarks/benchmark_cascade.py runs end to end (--quick) and writes its JSON (no timing is
+checked); the pruning grid's settings act on the models it times.
+"""
 
 import json
 import subprocess
@@ -6,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+from projects.cascade.modeling.stage_outputs import features_and_proposals
+from tests.helpers import REPO, TINY_CONFIG, load_script
 
 MODELS = {"ours", "builtin", "faster"}
 # The main time rows also show ours on torchvision's single-threaded RoIAlign.
@@ -77,3 +81,30 @@ def test_quick_benchmark_writes_every_section(trees_prepared, tmp_path):
         "overhead_vs_builtin",
     } <= prune["k=100"].keys()
     assert {"faster", "builtin", "off", "k=100"} <= results["r50/prune_roi_heads"].keys()
+
+
+def test_pruning_variants_prune(trees_prepared):
+    """Each pruned row of the grid sends fewer boxes to stage 2 than "off", which sends all."""
+    pruning_grid = load_script("benchmarks/pruning_grid.py")
+    compared_models = load_script("benchmarks/compared_models.py")
+    workloads = load_script("benchmarks/workloads.py")
+    _, models = compared_models.build_trio({name: TINY_CONFIG for name in MODELS})
+    variants = pruning_grid.pruning_variants(models, TINY_CONFIG)
+    image = workloads.random_image(160, 160)
+    images, features, _ = features_and_proposals(models["builtin"], [image])
+    proposals = [workloads.synthetic_proposals(images.image_sizes[0], 600)]
+    boxes_into_stage_2 = {}
+    for name in [pruning_grid.prune_name(*s) for s in pruning_grid.PRUNE_SETTINGS]:
+        seen = []
+        stage_2 = variants[name].roi_heads.box_head[1]
+        hook = stage_2.register_forward_pre_hook(
+            lambda module, x, seen=seen: seen.append(len(x[0]))
+        )
+        workloads.roi_fn(variants[name], images, features, proposals)(0)
+        hook.remove()
+        boxes_into_stage_2[name] = seen[0]
+    assert boxes_into_stage_2["off"] == 600
+    for name, count in boxes_into_stage_2.items():
+        if name != "off":
+            assert count < 600, (name, boxes_into_stage_2)
+    assert boxes_into_stage_2["k=100"] == 100 and boxes_into_stage_2["k=500"] == 500

@@ -1,7 +1,8 @@
 """
-`pip install -e .` of the checkout into an environment that already has detectron2 (and
-torch): the package then imports from any folder, and a wheel of it carries the C++ source
-that the parallel RoIAlign is compiled from.
+`pip install -e .` and `pip install .` of the checkout into an environment that already has
+detectron2 (and torch): the package then imports from any folder, finds the demos' data
+through $DETECTRON2_DATASETS, shares the `projects` namespace with other projects, and a wheel
+of it carries the C++ source that the parallel RoIAlign is compiled from.
 """
 
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, env
 
 pytestmark = pytest.mark.e2e
 
@@ -30,10 +31,8 @@ def _checkout_copy(destination):
     return destination
 
 
-@pytest.fixture(scope="module")
-def user_env(tmp_path_factory):
+def _new_user_env(root):
     """A new venv that sees this one's packages (torch, detectron2) but not this project."""
-    root = tmp_path_factory.mktemp("user_env")
     venv.create(root / "env", with_pip=True)
     python = root / "env" / "bin" / "python"
     site = Path(
@@ -50,6 +49,11 @@ def user_env(tmp_path_factory):
     # The setuptools that venv bundles is older than the environment's and would shadow it.
     subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True)
     return python, root
+
+
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory):
+    return _new_user_env(tmp_path_factory.mktemp("user_env"))
 
 
 def _run(cmd, cwd):
@@ -124,3 +128,37 @@ def test_wheel_carries_the_cpp_source(user_env, tmp_path):
     assert "projects/cascade/layers/csrc/roi_align_cpu.cpp" in names
     assert "projects/cascade/modeling/roi_heads/cascade_roi_heads.py" in names
     assert not any(n.startswith(("tests/", "tools/", "configs/")) for n in names)
+
+
+def test_install_works_from_another_folder_data_included(tmp_path, trees_prepared):
+    """A non-editable install: nothing of the checkout is read, and the data is found."""
+    python, root = _new_user_env(tmp_path / "user_env")
+    checkout = _checkout_copy(root / "checkout")
+    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation"]
+    _run([*pip, str(checkout)], cwd=tmp_path)
+    shutil.rmtree(checkout)  # the installed copy must stand alone
+
+    # Another detectron2 project in the same namespace, elsewhere on sys.path.
+    other = tmp_path / "other_project" / "projects" / "other"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("NAME = 'other'\n")
+    probe = f"""
+import sys
+sys.path.append({str(tmp_path / "other_project")!r})
+import projects, projects.cascade, projects.other
+assert getattr(projects, "__file__", None) is None, "projects must be a namespace package"
+assert projects.other.NAME == "other"
+print(projects.cascade.__file__)
+from detectron2.data import DatasetCatalog
+from projects.cascade.demo import register_demo
+register_demo()
+print(len(DatasetCatalog.get("trees_val")))
+"""
+    environment = {**env(), "DETECTRON2_DATASETS": str(trees_prepared.parent)}
+    proc = subprocess.run(
+        [python, "-c", probe], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    installed, images = proc.stdout.split()
+    assert "site-packages" in installed and not installed.startswith(str(REPO))
+    assert int(images) == 10  # trees_val's tiles

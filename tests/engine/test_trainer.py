@@ -1,7 +1,8 @@
 """
 ReliableTrainer: the same bits from the same command, also on a loaded machine; a run killed
-with SIGKILL resumes to the weights of an uninterrupted run; a NaN loss or an unusable image stops training naming the iteration or image, and the last
-good checkpoint survives; every rank ends with the same weights.
+with SIGKILL resumes to the weights of an uninterrupted run; a NaN loss or an unusable image
+stops training naming the iteration or image, and the last good checkpoint survives; every
+rank ends with the same weights, whose fingerprint is written next to them.
 """
 
 import itertools

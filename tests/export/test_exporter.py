@@ -8,10 +8,8 @@ import os
 import pytest
 import torch
 
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-
-from projects.cascade import add_cascade_config
+from projects.cascade.config_loader import load_config
+from projects.cascade.engine.predictor import build_trained_model
 from projects.cascade.export import (
     FORMATS,
     Differences,
@@ -73,11 +71,9 @@ def test_export_errors(tmp_path):
 @pytest.mark.e2e
 def test_trees_demo_model(trees_prepared, tmp_path):
     """The tree-crown demo (ImageNet MobileNetV2-FPN, random heads) on trees_val tiles."""
-    cfg = get_cfg()
-    add_cascade_config(cfg)
-    cfg.merge_from_file(str(REPO / CONFIG))
+    cfg = load_config(str(REPO / CONFIG))
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_trained_model(cfg)  # the ImageNet backbone of MODEL.WEIGHTS
     tiles = load_images(cfg, dataset="trees_val", max_images=2)
     for fmt in FORMATS:
         exported = ExportedModel(

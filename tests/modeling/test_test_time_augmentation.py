@@ -73,7 +73,7 @@ def test_every_option_works_with_masks(options):
 
 
 def test_the_merge_uses_the_models_soft_nms():
-    """Flipped and resized copies give near-duplicates: hard NMS merges them, soft-NMS keeps more."""
+    """Flipped and resized copies give near-duplicates: hard NMS merges them, soft-NMS keeps."""
     hard = _low_threshold(build(tiny_cfg()).eval())
     soft = _low_threshold(build_like(hard, tiny_cfg(TEST_NMS_METHOD="gaussian")).eval())
     counts = {}

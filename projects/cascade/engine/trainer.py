@@ -166,10 +166,15 @@ class ReliableTrainer(DefaultTrainer):
         # before it, such as the evaluation with test-time augmentation, is written too.
         writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
         at = writers[0] if writers else len(ret)
-        return ret[:at] + self.test_time_augmentation_hooks() + ret[at:] + [_WeightsInSync(run_settings(self.cfg).output_dir)]
+        return (
+            ret[:at]
+            + self.test_time_augmentation_hooks()
+            + ret[at:]
+            + [_WeightsInSync(run_settings(self.cfg).output_dir)]
+        )
 
     def test_time_augmentation_hooks(self):
-        """With test-time augmentation on, an evaluation with it after training, as in detectron2."""
+        """With test-time augmentation on, an evaluation with it after training (detectron2's)."""
         if not run_settings(self.cfg).test_time_augmentation:
             return []
         return [hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))]

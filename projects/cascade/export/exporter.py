@@ -142,8 +142,8 @@ def _traceable(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[TracingAdap
     inference = getattr(model.roi_heads, "detection_inference", None)
     if isinstance(inference, SoftNMSInference):
         raise ValueError(
-            f"MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD = {inference.method!r}: soft-NMS cannot be "
-            "exported by tracing, since its loop runs once per kept box and tracing would fix "
+            f"MODEL.ROI_BOX_CASCADE_HEAD.TEST_NMS_METHOD = {inference.method!r}: soft-NMS cannot "
+            "be exported by tracing, since its loop runs once per kept box and tracing would fix "
             "that count to the traced image's. Export with TEST_NMS_METHOD hard."
         )
     adapter = TracingAdapter(model, [{INPUT_NAME: image}], _inference)

@@ -57,7 +57,7 @@ class CacheHandler(PathHandler):
 
     def _get_local_path(self, path: str, **kwargs) -> str:
         del kwargs  # force=...: nothing to download again
-        local = os.path.join(get_cache_dir(), "cascade", path[len(self.PREFIX) :])
+        local = str(cache_path(path))
         if not os.path.isfile(local):
             raise CheckpointError(
                 f"{path} is {local}, which does not exist: `bash scripts/setup.sh` makes it."
@@ -68,9 +68,11 @@ class CacheHandler(PathHandler):
         return PathManager.open(self._get_local_path(path), mode, **kwargs)
 
 
-def cache_path(name: str) -> Path:
-    """Where `cascade://NAME` lives, existing or not."""
-    return Path(get_cache_dir()) / "cascade" / name
+def cache_path(path: str) -> Path:
+    """The local file of `cascade://NAME`, existing or not."""
+    if not path.startswith(CacheHandler.PREFIX):
+        raise ValueError(f"{path} is not a {CacheHandler.PREFIX} path")
+    return Path(get_cache_dir()) / "cascade" / path[len(CacheHandler.PREFIX) :]
 
 
 PathManager.register_handler(CacheHandler())

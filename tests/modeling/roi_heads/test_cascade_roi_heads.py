@@ -167,7 +167,8 @@ LOSS_WEIGHTS = "expected one number >= 0 per stage, for 3 stages."
         (
             "test_score",
             "max",
-            f"{ARGUMENT} test_score = 'max': expected one of mean, mean_logits, mean_on_final, last.",
+            f"{ARGUMENT} test_score = 'max': expected one of mean, mean_logits, mean_on_final, "
+            "last.",
         ),
         (
             "num_test_stages",
@@ -183,7 +184,8 @@ LOSS_WEIGHTS = "expected one number >= 0 per stage, for 3 stages."
         (
             "test_prune_nms_thresh",
             0.0,
-            f"{ARGUMENT} test_prune_nms_thresh = 0.0: expected an IoU in (0, 1] (1.0 turns it off).",
+            f"{ARGUMENT} test_prune_nms_thresh = 0.0: expected an IoU in (0, 1] "
+            "(1.0 turns it off).",
         ),
     ],
     ids=[

@@ -1,4 +1,4 @@
-"""MASK_PER_STAGE: a mask head per stage, trained on its stage's positives, averaged at test time."""
+"""MASK_PER_STAGE: a mask head per stage, trained on its positives, averaged at test time."""
 
 import torch
 

@@ -46,7 +46,7 @@ def _cached_model(options):
 
 
 def _model(**options):
-    """A tiny Cascade Mask R-CNN with `options`, built once per options (no test changes a weight)."""
+    """A tiny Cascade Mask R-CNN with `options`, built once per options (no test changes it)."""
     return _cached_model(tuple(sorted(options.items())))
 
 

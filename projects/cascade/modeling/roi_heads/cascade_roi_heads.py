@@ -310,7 +310,7 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         return self._match_and_label_boxes(self.drop_ignored(proposals, targets), stage, targets)
 
     def _one_box_per_row(self, boxes, predictions, proposals) -> List[torch.Tensor]:
-        """Class-specific: a positive's ground-truth class's box in training, else the top class's."""
+        """Class-specific: a positive's ground-truth class's box in training, else the top one's."""
         classes = predictions[0][:, :-1].argmax(dim=1)
         if self.training:
             gt_classes = cat([p.gt_classes for p in proposals])
