@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 The test-time options on the tree crowns, for the trained demo models of
-experiments/compare_trees.py: soft-NMS (TEST_NMS_METHOD) and test-time augmentation
+experiments/compare.py: soft-NMS (TEST_NMS_METHOD) and test-time augmentation
 (TEST.AUG), for the cascade and for Faster R-CNN, evaluated on trees_val.
 
 Faster R-CNN's head is a one-stage cascade's: its weights are evaluated in a one-stage
@@ -11,7 +11,7 @@ checks), so that it gets the same soft-NMS and test-time augmentation.
     python experiments/soft_nms_and_tta_trees.py                 # seeds 1 2 3 of the demo
     python experiments/soft_nms_and_tta_trees.py --schedule 3x --seeds 1 2
 
-Writes output/trees/test_time[_3x].md and .json.
+Writes output/trees/soft_nms_and_tta[_3x].md and .json.
 """
 
 import argparse
@@ -127,8 +127,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     suffix = "" if args.schedule == "demo" else f"_{args.schedule}"
-    (REPO / "output" / "trees" / f"test_time{suffix}.md").write_text(table + "\n")
-    (REPO / "output" / "trees" / f"test_time{suffix}.json").write_text(json.dumps(rows, indent=1))
+    output = REPO / "output" / "trees" / f"soft_nms_and_tta{suffix}"
+    output.with_suffix(".md").write_text(table + "\n")
+    output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

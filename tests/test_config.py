@@ -15,8 +15,10 @@ from projects.cascade.config import (
     OPTIONS,
     check_cascade_config,
     head_arguments,
+    options_markdown,
     stage_settings,
 )
+from tests.helpers import REPO
 
 KEY = "MODEL.ROI_BOX_CASCADE_HEAD"
 ONE_PER_STAGE = "give one entry per stage."
@@ -243,3 +245,8 @@ def test_switches_take_only_booleans(key):
         with pytest.raises(ValueError) as e:
             check_cascade_config(_cfg(**{key: value}))
         assert str(e.value) == f"{KEY}.{key} = {value!r}: expected True or False."
+
+
+def test_the_configuration_page_shows_the_table_of_options():
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert options_markdown() in page

@@ -30,6 +30,7 @@ __all__ = [
     "head_arguments",
     "option_value",
     "options_docstring",
+    "options_markdown",
     "stage_settings",
 ]
 
@@ -371,6 +372,15 @@ def options_docstring() -> str:
         if option.argument:
             default = _argument_default(option)
             lines.append(f"    {option.argument} ({option.key}, {default!r}): {option.meaning}")
+    return "\n".join(lines)
+
+
+def options_markdown() -> str:
+    """The table of `OPTIONS` in docs/configuration.md (a test keeps the page equal to it)."""
+    lines = ["| key | default | constructor argument | meaning |", "|---|---|---|---|"]
+    for o in OPTIONS:
+        argument = f"`{o.argument}` = `{_argument_default(o)!r}`" if o.argument else "-"
+        lines.append(f"| `{o.key}` | `{o.default!r}` | {argument} | {o.meaning} |")
     return "\n".join(lines)
 
 

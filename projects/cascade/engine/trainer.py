@@ -27,10 +27,13 @@ import os
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List, Optional, Union
 
 import torch
+from omegaconf import DictConfig
+from torch import nn
 
+from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -41,7 +44,7 @@ from detectron2.engine import (
     hooks,
 )
 from detectron2.engine.defaults import create_ddp_model, default_writers
-from detectron2.evaluation import DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
@@ -67,6 +70,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# A YAML config, or a LazyConfig (omegaconf).
+Config = Union[CfgNode, DictConfig]
 
 
 # Written into the output folder, next to model_final.pth, after training: the fingerprint
@@ -95,7 +101,7 @@ class _WeightsInSync(HookBase):
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
-    def after_train(self):
+    def after_train(self) -> None:
         if self.trainer.iter < self.trainer.max_iter:
             return  # training failed; its exception is what matters
         model = self.trainer.model
@@ -118,7 +124,7 @@ def read_weights_fingerprint(output_dir: str) -> str:
 class ReliableTrainer(DefaultTrainer):
     """`DefaultTrainer` with the changes listed in this module's docstring."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         # DefaultTrainer.__init__, but with the data loader, DDP wrapping and
         # checkpointer described in the module docstring.
         TrainerBase.__init__(self)
@@ -152,15 +158,15 @@ class ReliableTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
-    def train_loader_arguments(cls, cfg):
+    def train_loader_arguments(cls, cfg: Config) -> Dict[str, Any]:
         """The arguments of `build_resumable_train_loader` but the seed."""
         return resumable_loader_arguments(cfg, CheckedDatasetMapper(cfg, True))
 
     @classmethod
-    def ddp_arguments(cls, cfg):
+    def ddp_arguments(cls, cfg: Config) -> Dict[str, Any]:
         return {"broadcast_buffers": False}
 
-    def build_hooks(self):
+    def build_hooks(self) -> List[HookBase]:
         ret = super().build_hooks()
         # The writer comes last (on the main process), so that what runs after training
         # before it, such as the evaluation with test-time augmentation, is written too.
@@ -173,7 +179,7 @@ class ReliableTrainer(DefaultTrainer):
             + [_WeightsInSync(run_settings(self.cfg).output_dir)]
         )
 
-    def test_time_augmentation_hooks(self):
+    def test_time_augmentation_hooks(self) -> List[HookBase]:
         """With test-time augmentation on, an evaluation with it after training (detectron2's)."""
         if not run_settings(self.cfg).test_time_augmentation:
             return []
@@ -182,7 +188,7 @@ class ReliableTrainer(DefaultTrainer):
     def build_writers(self):
         return default_writers(run_settings(self.cfg).output_dir, self.max_iter)
 
-    def resume_or_load(self, resume=True):
+    def resume_or_load(self, resume: bool = True) -> None:
         self.checkpointer.resume_or_load(run_settings(self.cfg).weights, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             # The checkpoint stores the iteration that just finished.
@@ -191,7 +197,7 @@ class ReliableTrainer(DefaultTrainer):
         self.train_sampler.seed = self.seed
         self.train_sampler.start_batch = self.start_iter
 
-    def train(self):
+    def train(self) -> Optional[Dict[str, Any]]:
         """Train; then check the last evaluation against the expected results, if any."""
         TrainerBase.train(self, self.start_iter, self.max_iter)
         expected = run_settings(self.cfg).expected_results
@@ -205,7 +211,7 @@ class ReliableTrainer(DefaultTrainer):
             check_expected_results(expected, results, setting_key(self.cfg, "expected_results"))
         return getattr(self, "_last_eval_results", None)
 
-    def run_step(self):
+    def run_step(self) -> None:
         seed_all_rng(iteration_seed(self.seed, self.iter, comm.get_rank()))
         try:
             super().run_step()
@@ -216,12 +222,12 @@ class ReliableTrainer(DefaultTrainer):
                 raise
             raise FloatingPointError(f"{e} (at iteration={self.iter})") from e
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         ret = super().state_dict()
         ret["seed"] = self.seed
         return ret
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "seed" in state_dict:
             self.seed = state_dict["seed"]
@@ -233,7 +239,7 @@ class ReliableTrainer(DefaultTrainer):
 
     # ------------------------------------------------------------------ evaluation
     @classmethod
-    def evaluate(cls, cfg, model):
+    def evaluate(cls, cfg: Config, model: nn.Module) -> Dict[str, Any]:
         """
         What `--eval-only` runs: the evaluation, with test-time augmentation if enabled,
         then the check of the expected results (on the main process).
@@ -248,11 +254,11 @@ class ReliableTrainer(DefaultTrainer):
         return results
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(cls, cfg: Config, model: nn.Module, evaluators=None) -> Dict[str, Any]:
         return super().test(cfg, cls.with_stage_outputs(cfg, model, evaluators), evaluators)
 
     @classmethod
-    def with_stage_outputs(cls, cfg, model, evaluators):
+    def with_stage_outputs(cls, cfg: Config, model: nn.Module, evaluators) -> nn.Module:
         """The model that the default evaluators evaluate."""
         if evaluators is None and run_settings(cfg).cascade_stage_eval:
             # One inference pass yields the detections of every stage and ensemble too.
@@ -260,7 +266,7 @@ class ReliableTrainer(DefaultTrainer):
         return model
 
     @classmethod
-    def test_with_TTA(cls, cfg, model):
+    def test_with_TTA(cls, cfg: Config, model: nn.Module) -> Dict[str, Any]:
         """Evaluate with test-time augmentation; the results' names end in "_TTA"."""
         logger.info("Running inference with test-time augmentation ...")
         folder = os.path.join(run_settings(cfg).output_dir, "inference_TTA")
@@ -273,11 +279,17 @@ class ReliableTrainer(DefaultTrainer):
         return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
 
     @classmethod
-    def with_test_time_augmentation(cls, cfg, model):
+    def with_test_time_augmentation(cls, cfg: Config, model: nn.Module) -> nn.Module:
         return CascadeRCNNWithTTA(model, **run_settings(cfg).augmentation)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None, with_stages=True):
+    def build_evaluator(
+        cls,
+        cfg: Config,
+        dataset_name: str,
+        output_folder: Optional[str] = None,
+        with_stages: bool = True,
+    ) -> DatasetEvaluator:
         """COCO evaluation with AP60-AP90, and of every cascade stage if TEST.CASCADE_STAGE_EVAL."""
         if output_folder is None:
             output_folder = os.path.join(run_settings(cfg).output_dir, "inference", dataset_name)
@@ -287,11 +299,13 @@ class ReliableTrainer(DefaultTrainer):
         return DatasetEvaluators([evaluator, CascadeStageEvaluator(dataset_name, output_folder)])
 
     @classmethod
-    def dataset_evaluator(cls, cfg, dataset_name, output_folder):
+    def dataset_evaluator(
+        cls, cfg: Config, dataset_name: str, output_folder: str
+    ) -> DatasetEvaluator:
         return COCOEvaluatorAtIoUs(dataset_name, output_dir=output_folder)
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
+    def build_test_loader(cls, cfg: Config, dataset_name: str):
         return build_detection_test_loader(
             cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False)
         )

@@ -19,7 +19,7 @@ from detectron2.modeling.roi_heads import (
 from detectron2.modeling.roi_heads.box_head import build_box_head
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
-from detectron2.structures import Instances
+from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ...config import (
@@ -206,7 +206,13 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         ret["mask_head"] = MaskHeadPerStage(heads, num_test_heads=num_test_heads)
         return ret
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
         del images
         if not self.training:
             instances = self._forward_box(features, proposals)
@@ -228,7 +234,13 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         stages = self.run_stages(features, proposals, self.num_test_stages)
         return self.detect(stages, self.score(features, stages, self.scorer))[0]
 
-    def run_stages(self, features, proposals, num_stages, targets=None) -> List[Stage]:
+    def run_stages(
+        self,
+        features: List[torch.Tensor],
+        proposals: List[Instances],
+        num_stages: int,
+        targets: Optional[List[Instances]] = None,
+    ) -> List[Stage]:
         """
         Run the first `num_stages` stages on `features` (one map per box_in_features), each
         on the boxes the previous one refined. In training, `proposals` come labelled and
@@ -250,7 +262,9 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
             stages.append(self._stage(features, proposals, k, num_stages))
         return stages
 
-    def score(self, features, stages: List[Stage], scorer: Scorer) -> List[torch.Tensor]:
+    def score(
+        self, features: List[torch.Tensor], stages: List[Stage], scorer: Scorer
+    ) -> List[torch.Tensor]:
         """
         The class probabilities of the last of `stages`' boxes by `scorer` (see scoring.py),
         NaN in the rows that became non-finite at some stage, which the final NMS drops.
@@ -258,7 +272,9 @@ class CascadeRCNNROIHeads(CascadeROIHeads):
         rescore = partial(self._scored_on_last_boxes, features)
         return nan_where_nonfinite(scorer(stages, self.box_predictor, rescore), stages)
 
-    def detect(self, stages: List[Stage], scores: List[torch.Tensor]):
+    def detect(
+        self, stages: List[Stage], scores: List[torch.Tensor]
+    ) -> Tuple[List[Instances], List[torch.Tensor]]:
         """
         Per-class NMS (`detection_inference`) of the last of `stages`' boxes with `scores`;
         returns the detections and, per image, the indices of the rows they come from among
