@@ -82,7 +82,7 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
     expected = [
         ["bbox", "AP", 99.0, 0.5],
         ["segm", "AP", 40.0, 0.5],
-        ["bbox", "AP95", 40.0, 0.5],
+        ["bbox", "AP99", 40.0, 0.5],
         ["bbox", "AP50", 0.0, 100.0],  # passes
     ]
     log = run(
@@ -100,7 +100,7 @@ def test_eval_only_fails_on_results_off_their_expected_value(trained, tmp_path):
     assert "error: TEST.EXPECTED_RESULTS: 3 of 4 checks failed:" in log
     assert f"bbox/AP: expected 99.0 +- 0.5, actual {actual_ap:.4f}" in log
     assert "segm/AP: no task 'segm' in the results; tasks: bbox" in log
-    assert re.search(r"bbox/AP95: task 'bbox' has no metric 'AP95'; metrics: AP, AP50, ", log)
+    assert re.search(r"bbox/AP99: task 'bbox' has no metric 'AP99'; metrics: AP, AP50, ", log)
     assert "bbox/AP50" not in log.split("checks failed:")[1]
     assert "Traceback" not in log
 

@@ -24,7 +24,7 @@ from .coco_evaluation import COCOEvaluatorAtIoUs
 __all__ = ["CascadeStageEvaluator", "TASK", "COLUMNS"]
 
 TASK = "cascade_stages"
-COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90")
+COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP85", "AP90", "AP95")
 ROWS_EXPLAINED = (
     '"k": stage k alone (its boxes, its own scores). '
     '"1~k": stage k\'s boxes scored by the ensemble of stages 1..k '
