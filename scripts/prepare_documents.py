@@ -307,9 +307,9 @@ def extract_deb_pdfs(deb: Path, names: Sequence[str], dest_dir: Path) -> Dict[st
     try:
         with tarfile.open(fileobj=io.BytesIO(members[data_names[0]]), mode="r:*") as tar:
             for info in tar:
-                path = info.name.lstrip("./")
-                name = path[len(DEB_MANUAL_DIR) :]
-                if info.isfile() and path.startswith(DEB_MANUAL_DIR) and name in names:
+                path = info.name.removeprefix("./")
+                name = path.removeprefix(DEB_MANUAL_DIR)
+                if info.isfile() and path == DEB_MANUAL_DIR + name and name in names:
                     paths[name] = Path(dest_dir) / name
                     paths[name].write_bytes(tar.extractfile(info).read())
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -385,7 +385,8 @@ def user_documents(pdf_dir: Path, skipped: List[dict]) -> Dict[str, List[Documen
         try:
             with open_pdf(path) as pdf:
                 pages = len(pdf)
-                if not any(any(page_glyphs(pdf[p])) for p in _sample(range(pages))):
+                sample = filter(None, (_load_page(pdf, p) for p in _sample(range(pages))))
+                if not any(any(page_glyphs(page)) for page in sample):
                     raise SkipDocument("has no visible text (a scan without a text layer?)")
         except SkipDocument as e:
             skipped.append({"document": relative, "reason": str(e)})
@@ -793,29 +794,40 @@ def page_runs(glyphs: Sequence[Glyph], body: float) -> List[Tuple[Tuple[float, .
     return runs
 
 
+def _load_page(pdf: pdfium.PdfDocument, index: int) -> Optional[pdfium.PdfPage]:
+    """Page `index`, or None when PDFium cannot load it (a broken page tree)."""
+    try:
+        return pdf[index]
+    except pdfium.PdfiumError:
+        return None
+
+
 def add_page(split: "_CocoSplit", image_dir: Path, document: Document, page_index: int, page):
     """Render one page, cut it into images and add them with their boxes to `split`."""
-    glyphs, tilted = page_glyphs(page)
-    reason = "text that is not horizontal" if tilted else None
-    if not glyphs:
-        reason = "no visible text (a blank or image-only page)"
-    runs = page_runs(glyphs, split.body) if reason is None else []
-    boxes = np.array([box for box, _, _ in runs]).reshape(-1, 4)
-    if runs:
-        pixels = render_page(page)
-        height, width = pixels.shape[:2]
-        x0 = max(0, math.floor(boxes[:, 0].min()) - IMAGE_PADDING)
-        x1 = min(width, math.ceil(boxes[:, 2].max()) + IMAGE_PADDING)
-        top = max(0, math.floor(boxes[:, 1].min()) - IMAGE_PADDING)
-        bottom = min(height, math.ceil(boxes[:, 3].max()) + IMAGE_PADDING)
-        cuts = band_cuts(boxes, top, bottom)
-        if cuts is None:
-            reason = f"no cut between lines leaves <= {MAX_OBJECTS_PER_IMAGE} boxes per image"
-    if reason is not None:
+
+    def skip(reason):
         split.skipped_pages.append(
             {"document": document.name, "page": page_index, "reason": reason}
         )
-        return
+
+    if page is None:
+        return skip("cannot be read by PDFium")
+    glyphs, tilted = page_glyphs(page)
+    if tilted:
+        return skip("text that is not horizontal")
+    if not glyphs:
+        return skip("no visible text (a blank or image-only page)")
+    runs = page_runs(glyphs, split.body)
+    boxes = np.array([box for box, _, _ in runs])
+    pixels = render_page(page)
+    height, width = pixels.shape[:2]
+    x0 = max(0, math.floor(boxes[:, 0].min()) - IMAGE_PADDING)
+    x1 = min(width, math.ceil(boxes[:, 2].max()) + IMAGE_PADDING)
+    top = max(0, math.floor(boxes[:, 1].min()) - IMAGE_PADDING)
+    bottom = min(height, math.ceil(boxes[:, 3].max()) + IMAGE_PADDING)
+    cuts = band_cuts(boxes, top, bottom)
+    if cuts is None:
+        return skip(f"no cut between lines leaves <= {MAX_OBJECTS_PER_IMAGE} boxes per image")
     centres = (boxes[:, 1] + boxes[:, 3]) / 2
     for y0, y1 in zip(cuts, cuts[1:]):
         band = np.ascontiguousarray(pixels[y0:y1, x0:x1])
@@ -842,11 +854,13 @@ def build_split(documents: Sequence[Document], pages, image_dir: Path) -> "_Coco
         if not chosen:
             continue
         with open_pdf(document.path) as pdf:
-            glyphs = [g for p in _sample(chosen) for g in page_glyphs(pdf[p])[0]]
+            glyphs = []
+            for page in filter(None, (_load_page(pdf, p) for p in _sample(chosen))):
+                glyphs += page_glyphs(page)[0]
             # No glyph on the sample: every page is skipped below, for want of text.
             split.body = body_size(glyphs) if glyphs else 0.0
             for page_index in chosen:
-                add_page(split, image_dir, document, page_index, pdf[page_index])
+                add_page(split, image_dir, document, page_index, _load_page(pdf, page_index))
     return split
 
 

@@ -338,6 +338,21 @@ def test_an_interrupted_or_changed_preparation_is_rebuilt(prepared, pdf_dir, tmp
     assert prep.prepare(folder, pdf_dir=pdf_dir, name="documents")[1]
 
 
+def test_a_failed_rebuild_leaves_no_json(prepared, pdf_dir, tmp_path, monkeypatch):
+    """The jsons go before the first image is written: none describes half-rewritten images."""
+    root, _ = prepared
+    folder = tmp_path / "documents"
+    shutil.copytree(root / "documents", folder)
+
+    def fail(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "build_split", fail)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(folder, pdf_dir=pdf_dir, name="documents", force=True)
+    assert not list(folder.glob("*.json"))
+
+
 def test_registration_loads_a_split_through_the_catalog(prepared):
     root, datasets = prepared
     names = documents.register_documents(root, name_suffix="_pytest")
@@ -368,6 +383,19 @@ def test_too_few_usable_pdfs_is_a_clear_error(pdf_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="holds no .pdf file"):
         prep.main(["--pdf-dir", str(tmp_path / "empty"), "--name", "x", "--output", str(tmp_path)])
+
+
+def test_a_page_pdfium_cannot_load_is_skipped(tmp_path):
+    """The page tree lists a second page that is no page object."""
+    pdf = minimal_pdf(b"BT /F1 12 Tf 20 100 Td (Hi there) Tj ET")
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(pdf.replace(b"/Kids [3 0 R] /Count 1", b"/Kids [3 0 R 9 0 R] /Count 2"))
+    document = prep.Document("broken", path, "broken.pdf", 0, 2, "")
+    split = prep.build_split([document], [(0, 0), (0, 1)], tmp_path)
+    assert split.skipped_pages == [
+        {"document": "broken", "page": 1, "reason": "cannot be read by PDFium"}
+    ]
+    assert [a["text"] for a in split.annotations] == ["Hi there"]
 
 
 # ------------------------------------------------------------ coordinates
