@@ -331,6 +331,9 @@ def test_an_interrupted_or_changed_preparation_is_rebuilt(prepared, pdf_dir, tmp
     assert built
     assert not list(folder.rglob("*.tmp"))
     assert {p.name: p.read_bytes() for p in folder.glob("*.json")} == before
+    # A missing image.
+    (folder / "images" / datasets["val"]["images"][0]["file_name"]).unlink()
+    assert prep.prepare(folder, pdf_dir=pdf_dir, name="documents")[1]
     # A json of another recipe.
     data = json.loads((folder / "documents_val.json").read_text())
     data["info"]["recipe"]["split_gap_em"] = 3.0
@@ -456,6 +459,37 @@ def test_text_that_is_not_horizontal_on_the_rendered_page_is_flagged(pdf_dir):
         source[0].set_rotation(rotation)
         glyphs, tilted = prep.page_glyphs(source[0])
         assert tilted and not glyphs, rotation
+
+
+def test_glyphs_are_rendered_where_the_text_layer_puts_them():
+    """
+    PDFium snaps a glyph to a whole pixel vertically (a third horizontally); rendered 4x
+    larger and averaged, an 'l' (a bar) at 30 sub-pixel offsets has its ink centred in its
+    box to within a quarter pixel.
+    """
+    content = b"".join(
+        b"BT /F1 10 Tf %.3f %.3f Td (l) Tj ET " % (10 + k * 9 + k / 15, 100 + k / 15)
+        for k in range(30)
+    )
+    page = pdfium.PdfDocument(minimal_pdf(content))[0]
+    glyphs, _ = prep.page_glyphs(page)
+    darkness = 255 - prep.render_page(page).min(axis=2).astype(float)
+    assert len(glyphs) == 30
+    for g in glyphs:
+        x0, y0, x1, y1 = int(g.x0) - 2, int(g.y0) - 2, int(g.x1) + 3, int(g.y1) + 3
+        window = darkness[y0:y1, x0:x1]
+        centre_x = (window.sum(axis=0) * (np.arange(x0, x1) + 0.5)).sum() / window.sum()
+        centre_y = (window.sum(axis=1) * (np.arange(y0, y1) + 0.5)).sum() / window.sum()
+        assert abs(centre_x - (g.x0 + g.x1) / 2) < 0.25, g
+        assert abs(centre_y - (g.y0 + g.y1) / 2) < 0.25, g
+
+
+def test_glyphs_not_wholly_on_the_page_are_left_out():
+    """'Hello' at x = 250 on a 300 pt page: the 'o' crosses the edge."""
+    page = pdfium.PdfDocument(minimal_pdf(b"BT /F1 24 Tf 250 100 Td (Hello) Tj ET"))[0]
+    glyphs, _ = prep.page_glyphs(page)
+    assert "".join(g.char for g in glyphs) == "Hell"
+    assert max(g.x1 for g in glyphs) <= 300 * prep.RENDER_SCALE
 
 
 def test_page_to_pixels_maps_the_visible_box_corners_to_the_bitmap_corners():
