@@ -19,7 +19,9 @@ monospaced, else ``heading`` when bold, else ``body``; a run takes the class of 
 glyphs (a tie goes to heading, then code). A run's box is the union of its glyphs' tight
 boxes (PDFium's ``FPDFText_GetCharBox``, the glyph outlines' bounds).
 
-Coordinates. A page is rendered at ``RENDER_SCALE`` pixels per point (108 dpi). A point
+Coordinates. A page is rendered at ``RENDER_SCALE`` pixels per point (108 dpi), by
+rendering it ``SUPERSAMPLING`` times larger and averaging blocks: PDFium snaps glyphs to
+whole pixels (a third of one across), which the averaging shrinks to an eighth. A point
 (x, y) of the page (y up) maps to pixels (y down) through the page's visible box (its crop
 box within its media box, ``[l, b, r, t]``) and its ``/Rotate``; for rotation 0 it is
 ``((x - l) * sx, (t - y) * sy)``, with ``sx, sy`` the bitmap's size over the visible box's
@@ -33,15 +35,17 @@ most 100 detections per image).
 Splits go by document, never by page. Default set: the table ``DEFAULT_DOCUMENTS`` (the
 reference manual's package chapters count as documents, so that both the Texinfo manuals'
 and the reference manual's layouts are in every split); each split takes
-``PAGES_PER_SPLIT[split]`` pages spread evenly over its documents' pages. A ``--pdf-dir``
-set uses every page: its PDFs, ordered by the sha256 of their bytes, fill test until it
+``PAGES_PER_SPLIT[split]`` pages spread evenly over its documents' pages (a skipped page
+is not replaced). A ``--pdf-dir`` set uses every page: its PDFs, ordered by the sha256 of
+their bytes (``content_digest``), fill test until it
 holds ``HELD_OUT_FRACTION`` of the pages, then val likewise, and train takes the rest
 (at least one PDF each, so at least three PDFs are needed).
 
 Bad input is skipped and counted, and the skips are reported at the end and stored in the
 jsons' ``info``: a PDF that cannot be read, a password-protected PDF, a PDF without
-visible text (a scan), a duplicate PDF; a page without visible text, a page with text
-that is not horizontal; a box without ink (text drawn invisibly or clipped away).
+visible text (a scan), a duplicate PDF; a page PDFium cannot load, a page without visible
+text, a page with text that is not horizontal; a box without ink (text drawn in the
+paper's colour, or clipped away). A bad package or PDF of the default set is an error.
 
 Exactness. ``box_ink_agreement`` compares every box with the bounding box of the ink
 inside it grown by ``EXACTNESS_MARGIN`` pixels; the summary per split (``info.exactness``)
