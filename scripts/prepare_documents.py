@@ -988,7 +988,7 @@ def report(datasets: Dict[str, dict], name: str) -> str:
     lines, skips = [], Counter()
     for split, data in datasets.items():
         info = data["info"]
-        classes = ", ".join(f"{n} {c}" for n, c in info["boxes_per_class"].items())
+        classes = ", ".join(f"{n} {info['boxes_per_class'][n]}" for n in THING_CLASSES)
         lines.append(
             f"  {name}_{split}: {len(data['images'])} images, {len(data['annotations'])} boxes "
             f"({classes}) from {len(info['documents'])} documents"
