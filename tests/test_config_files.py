@@ -45,9 +45,10 @@ def test_model_zoo_recipe():
     assert load("configs/cascade_mask_rcnn_R_50_FPN_1x.yaml").MODEL.MASK_ON
 
 
-def test_demo_configs_differ_only_in_roi_heads():
-    cascade = load("configs/trees/cascade_rcnn_trees.yaml")
-    faster = load("configs/trees/faster_rcnn_trees.yaml")
+@pytest.mark.parametrize("demo", ["trees", "documents"])
+def test_demo_configs_differ_only_in_roi_heads(demo):
+    cascade = load(f"configs/{demo}/cascade_rcnn_{demo}.yaml")
+    faster = load(f"configs/{demo}/faster_rcnn_{demo}.yaml")
     assert cascade.MODEL.ROI_HEADS.NAME == "CascadeRCNNROIHeads"
     assert faster.MODEL.ROI_HEADS.NAME == "StandardROIHeads"
     for cfg in (cascade, faster):

@@ -6,7 +6,7 @@ the tools, benchmarks and experiments call it before they load a config.
 """
 
 from .config_loader import register_config_keys
-from .data.datasets import register_trees
+from .data.datasets import register_documents, register_trees
 from .modeling.backbone import add_mobilenet_config
 
 __all__ = ["register_demo"]
@@ -14,8 +14,9 @@ __all__ = ["register_demo"]
 
 def register_demo() -> None:
     """
-    Register the tree-crown datasets (found under $DETECTRON2_DATASETS), and have
-    `load_config` add the MODEL.MOBILENET keys. Calling it again does nothing more.
+    Register the tree-crown and document datasets (found under $DETECTRON2_DATASETS), and
+    have `load_config` add the MODEL.MOBILENET keys. Calling it again does nothing more.
     """
     register_trees()
+    register_documents()
     register_config_keys(add_mobilenet_config)
