@@ -88,7 +88,7 @@ from PIL import Image
 
 from projects.cascade.data.datasets import dataset_folder
 from projects.cascade.data.datasets.documents import SPLITS, THING_CLASSES
-from projects.cascade.utils import atomic_write
+from projects.cascade.utils import atomic_write, atomic_write_bytes, sha256_of
 
 DEB_PACKAGE = "r-doc-pdf"
 DEB_VERSION = "4.2.2.20221110-2"
@@ -229,14 +229,6 @@ class Glyph(NamedTuple):
 
 
 # ---------------------------------------------------------------- source files
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 _TRAILER_ID = re.compile(rb"/ID\s*\[\s*<[0-9A-Fa-f]*>\s*<[0-9A-Fa-f]*>\s*\]")
@@ -711,10 +703,6 @@ def exactness_summary(ious: Sequence[float], deviations: Sequence[float]) -> dic
     }
 
 
-def _write(data, f):
-    f.write(data)
-
-
 def _round(value: float) -> float:
     return round(float(value), 2)
 
@@ -925,7 +913,7 @@ def build(documents, recipe, out_dir, name, skipped_documents) -> Dict[str, dict
         datasets[split] = coco.to_json(recipe, documents[split], skipped_documents)
     for split, data in datasets.items():
         text = json.dumps(data, sort_keys=True, ensure_ascii=False) + "\n"
-        atomic_write(split_json_path(out_dir, name, split), partial(_write, text.encode()))
+        atomic_write_bytes(split_json_path(out_dir, name, split), text.encode())
     return datasets
 
 

@@ -40,7 +40,6 @@ checks the json files and their images) rebuilds.
 """
 
 import argparse
-import hashlib
 import io
 import itertools
 import json
@@ -56,7 +55,7 @@ from PIL import Image
 
 from projects.cascade.data.datasets import dataset_folder
 from projects.cascade.data.tiles import clip_boxes_to_tile
-from projects.cascade.utils import atomic_write, atomic_write_bytes
+from projects.cascade.utils import atomic_write, atomic_write_bytes, sha256_of
 
 WHEEL_REQUIREMENT = "deepforest==2.1.0"
 WHEEL_SHA256 = "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54"
@@ -144,14 +143,6 @@ def split_regions(width):
     """Column ranges [x0, x1) of the train and val regions of a tiled source image."""
     boundary = width - VAL_STRIP_WIDTH
     return {"train": (0, boundary), "val": (boundary, width)}
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_wheel(path, expected=WHEEL_SHA256):

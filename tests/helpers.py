@@ -405,7 +405,7 @@ def free_port():
 
 
 def logged_fingerprint(log_file):
-    """The weights fingerprint a rank logged after training."""
+    """The weights fingerprint a rank logged after training (rank 0's is also in its file)."""
     found = re.findall(r"after training: sha256 ([0-9a-f]{64})", Path(log_file).read_text())
     assert len(found) == 1, f"{log_file}: {found}"
     return found[0]

@@ -13,7 +13,6 @@ The input must be torchvision's file: its sha256 starts with b0353104, as torchv
 """
 
 import argparse
-import hashlib
 import sys
 import tempfile
 import zipfile
@@ -24,7 +23,7 @@ import torch
 
 from projects.cascade.engine.checkpoint import read_checkpoint
 from projects.cascade.modeling.backbone import IMAGENET_WEIGHTS, convert_torchvision_weights
-from projects.cascade.utils import atomic_write, cache_path
+from projects.cascade.utils import atomic_write, cache_path, sha256_of
 
 TORCHVISION_FILE = "mobilenet_v2-b0353104.pth"
 SHA256_PREFIX = "b0353104"
@@ -32,7 +31,7 @@ SHA256_PREFIX = "b0353104"
 
 def convert(torchvision_file: str, output: Path) -> int:
     """Write the converted checkpoint of `torchvision_file` to `output`; the tensors' count."""
-    digest = hashlib.sha256(Path(torchvision_file).read_bytes()).hexdigest()
+    digest = sha256_of(torchvision_file)
     if not digest.startswith(SHA256_PREFIX):
         sys.exit(
             f"error: {torchvision_file} has sha256 {digest}, which does not start with "

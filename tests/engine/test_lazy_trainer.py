@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from projects.cascade.engine.trainer import read_weights_fingerprint
 from tests.helpers import (
     LAZY_CONFIG,
     TINY_LAZY,
@@ -48,7 +49,7 @@ def test_trains_and_evaluates_like_the_yaml_path(trained):
     assert "cascade_stages/1~3/AP" in final and "cascade_stages/2/AP90" in final
     table = json.loads((out / "inference" / "trees_test" / "cascade_stages.json").read_text())
     assert list(table["rows"]) == ["1", "2", "3", "1~2", "1~3"]
-    assert logged_fingerprint(out / "log.txt") == checkpoint_fingerprint(out / "model_final.pth")
+    assert read_weights_fingerprint(out) == checkpoint_fingerprint(out / "model_final.pth")
     assert (out / "config.yaml").exists() and "eta:" in log
 
 

@@ -3,6 +3,7 @@ Files: writing them so that a kill leaves the old file or the new one, never a p
 the `cascade://` paths of the files scripts/setup.sh prepares.
 """
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..errors import CheckpointError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "CacheHandler", "cache_path"]
+__all__ = ["atomic_write", "atomic_write_bytes", "sha256_of", "CacheHandler", "cache_path"]
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
@@ -40,6 +41,15 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> N
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     """`atomic_write` of `data`."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def sha256_of(path: Union[str, Path]) -> str:
+    """The sha256 of a file's bytes, read in chunks (packages and wheels can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class CacheHandler(PathHandler):
