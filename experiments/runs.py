@@ -73,7 +73,8 @@ def evaluate(
     (read safely), optionally wrapped by `wrap(model, cfg)` (test-time augmentation).
     """
     register_demo()
-    cfg = load_config(config, [*opts, "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"])
+    opts = [*opts, "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"]
+    cfg = load_config(str(REPO / config), opts)
     model = build_trained_model(cfg)
     if wrap is not None:
         model = wrap(model, cfg)

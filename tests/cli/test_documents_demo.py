@@ -25,12 +25,13 @@ LINES = [  # (text, points, family, weight)
 
 
 def _pdf(path, pages):
+    """A PDF of `pages` pages whose lines end with the file's name (no two PDFs are alike)."""
     with PdfPages(path) as pdf:
         for page in range(pages):
             figure = Figure(figsize=(6, 3))
             for i, (text, size, family, weight) in enumerate(LINES):
-                y = 0.88 - 0.17 * i
-                figure.text(0.06, y, f"{text} {page}", size=size, family=family, weight=weight)
+                line = f"{text} {path.stem} {page}"
+                figure.text(0.06, 0.88 - 0.17 * i, line, size=size, family=family, weight=weight)
             pdf.savefig(figure)
 
 
