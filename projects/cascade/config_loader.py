@@ -99,7 +99,7 @@ def _load_lazy_config(config_file, overrides):
         raise ConfigError(f"command-line overrides {overrides}: {e}") from e
     heads = cfg.model.get("roi_heads") or {}
     cascade = _is_subclass(heads.get("_target_"), CascadeRCNNROIHeads)
-    _check_stage_eval(cfg, cascade, f"model.roi_heads._target_ {heads.get('_target_')}")
+    _check_stage_eval(cfg, cascade, f"{heads.get('_target_')} (the _target_ of model.roi_heads)")
     mapper = cfg.dataloader.train.get("mapper") or {}
     if (
         cascade

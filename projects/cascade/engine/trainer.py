@@ -199,7 +199,7 @@ class ReliableTrainer(DefaultTrainer):
 
     def train(self) -> Optional[Dict[str, Any]]:
         """Train; then check the last evaluation against the expected results, if any."""
-        TrainerBase.train(self, self.start_iter, self.max_iter)
+        super(DefaultTrainer, self).train(self.start_iter, self.max_iter)  # TrainerBase.train
         expected = run_settings(self.cfg).expected_results
         if expected and comm.is_main_process():
             results = getattr(self, "_last_eval_results", None)
