@@ -22,6 +22,7 @@ SAME_AS_YAML = {
     "configs/cascade_rcnn_R_50_FPN_1x.py": "configs/cascade_rcnn_R_50_FPN_1x.yaml",
     "configs/cascade_mask_rcnn_R_50_FPN_1x.py": "configs/cascade_mask_rcnn_R_50_FPN_1x.yaml",
     "configs/trees/cascade_rcnn_trees.py": "configs/trees/cascade_rcnn_trees.yaml",
+    "configs/documents/cascade_rcnn_documents.py": "configs/documents/cascade_rcnn_documents.yaml",
 }
 
 
@@ -113,7 +114,7 @@ def test_lazy_config_has_the_yaml_schedule_and_data(lazy_path, yaml_path):
     )
     for key in ("lr", "momentum", "weight_decay", "nesterov"):
         assert lazy_optimizer.defaults[key] == yaml_optimizer.defaults[key], key
-    for _ in range(cfg.SOLVER.MAX_ITER if cfg.SOLVER.MAX_ITER < 1000 else 0):
+    for _ in range(cfg.SOLVER.MAX_ITER if cfg.SOLVER.MAX_ITER <= 1200 else 0):  # the demos
         assert lazy_optimizer.param_groups[0]["lr"] == pytest.approx(
             yaml_optimizer.param_groups[0]["lr"]
         )
